@@ -1,0 +1,233 @@
+//! Reactor settings, their defaults and the rules they must keep.
+
+use std::time::Duration;
+
+use crate::Error;
+use crate::os_limits::{FD_RESERVE, open_file_limit};
+
+/// Settings of a [`Reactor`](crate::Reactor).
+///
+/// Start from [`Config::default()`] and change what you need with the
+/// chainable setters (each named after its field) or by assigning the public
+/// fields. [`Reactor::bind`](crate::Reactor::bind) checks the rules in
+/// [`Config::validate`] before anything is bound.
+///
+/// ```
+/// use tcp_reactor::Config;
+/// let config = Config::default().backlog(256).max_connections(500);
+/// assert!(config.validate().is_ok());
+/// assert!(Config::default().backlog(0).validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Length of the kernel's queue of connections not yet accepted
+    /// (`listen(2)` backlog). Default 128, as in the tutorial this grew
+    /// from. The kernel caps it at `net.core.somaxconn` (logged when lower).
+    pub backlog: u32,
+    /// `SO_REUSEADDR` on the listener (Unix only), so a restarted server
+    /// binds its port at once while old connections sit in `TIME_WAIT`.
+    /// Default on.
+    pub reuse_address: bool,
+    /// `TCP_NODELAY` on accepted sockets. Default on: Nagle's algorithm plus
+    /// the peer's delayed ACK stalls small request/response traffic by 40 ms.
+    pub nodelay: bool,
+    /// Connections held at once. At the limit the reactor stops accepting and
+    /// the kernel backlog holds newcomers until one closes. Default: the
+    /// process's open-file limit less a reserve of 32 descriptors.
+    pub max_connections: usize,
+    /// Bytes asked of `read(2)` at most; also the size of the one scratch
+    /// buffer shared by all connections. Default 64 KiB.
+    pub read_chunk: usize,
+    /// Queued output (bytes the kernel would not take yet) at which the
+    /// reactor stops reading from that connection. Default 64 KiB.
+    pub write_high_water: usize,
+    /// Queued output at or below which reading resumes and the handler's
+    /// `on_drain` runs. Default 16 KiB.
+    pub write_low_water: usize,
+    /// Input the handler left unconsumed that one connection may hold; a
+    /// peer that sends more without the handler consuming it is closed with
+    /// [`CloseReason::InputLimit`](crate::CloseReason::InputLimit).
+    /// Default 1 MiB.
+    pub max_input: usize,
+    /// Hard cap on one connection's queued output. The high water mark stops
+    /// reading, but a handler can still send to a connection that does not
+    /// read (a broadcast, say); past this cap the connection is aborted with
+    /// [`CloseReason::OutputLimit`](crate::CloseReason::OutputLimit).
+    /// Default 16 MiB.
+    pub max_output: usize,
+    /// Events taken from one `epoll_wait`. Default 1024. Turns that fill it
+    /// are counted in [`Stats::full_event_batches`](crate::Stats::full_event_batches).
+    pub event_capacity: usize,
+    /// Reads one connection gets per loop turn before the others get theirs;
+    /// a connection with more waiting is served again next turn. Default 4.
+    pub reads_per_turn: usize,
+    /// Connections accepted per loop turn before connections already
+    /// accepted get served. Default 64.
+    pub accepts_per_turn: usize,
+    /// How long accepting pauses after a resource error (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`, `ENOMEM`). Accepting also resumes as soon as a connection
+    /// closes. Default 100 ms.
+    pub accept_backoff: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            backlog: 128,
+            reuse_address: true,
+            nodelay: true,
+            max_connections: default_max_connections(),
+            read_chunk: 64 * 1024,
+            write_high_water: 64 * 1024,
+            write_low_water: 16 * 1024,
+            max_input: 1024 * 1024,
+            max_output: 16 * 1024 * 1024,
+            event_capacity: 1024,
+            reads_per_turn: 4,
+            accepts_per_turn: 64,
+            accept_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The open-file limit less [`FD_RESERVE`], or 992 where the limit cannot be
+/// read (1024, the most common default, less the reserve).
+fn default_max_connections() -> usize {
+    let limit = open_file_limit().unwrap_or(1024);
+    let usable = limit.saturating_sub(FD_RESERVE).max(1);
+    usize::try_from(usable).unwrap_or(usize::MAX).min(MAX_SLOTS)
+}
+
+/// Slot indices must fit in the low 32 bits of a token, below the listener's.
+const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl Config {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Config {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Config::backlog`](#structfield.backlog).
+    backlog: u32,
+    /// Sets [`Config::reuse_address`](#structfield.reuse_address).
+    reuse_address: bool,
+    /// Sets [`Config::nodelay`](#structfield.nodelay).
+    nodelay: bool,
+    /// Sets [`Config::max_connections`](#structfield.max_connections).
+    max_connections: usize,
+    /// Sets [`Config::read_chunk`](#structfield.read_chunk).
+    read_chunk: usize,
+    /// Sets [`Config::write_high_water`](#structfield.write_high_water).
+    write_high_water: usize,
+    /// Sets [`Config::write_low_water`](#structfield.write_low_water).
+    write_low_water: usize,
+    /// Sets [`Config::max_input`](#structfield.max_input).
+    max_input: usize,
+    /// Sets [`Config::max_output`](#structfield.max_output).
+    max_output: usize,
+    /// Sets [`Config::event_capacity`](#structfield.event_capacity).
+    event_capacity: usize,
+    /// Sets [`Config::reads_per_turn`](#structfield.reads_per_turn).
+    reads_per_turn: usize,
+    /// Sets [`Config::accepts_per_turn`](#structfield.accepts_per_turn).
+    accepts_per_turn: usize,
+    /// Sets [`Config::accept_backoff`](#structfield.accept_backoff).
+    accept_backoff: Duration,
+}
+
+impl Config {
+    /// Checks the rules a config must keep, naming the first one broken.
+    pub fn validate(&self) -> Result<(), Error> {
+        let rules: [(bool, &str); 11] = [
+            (self.backlog >= 1, "backlog must be at least 1"),
+            (
+                self.backlog <= i32::MAX as u32,
+                "backlog must fit in a C int",
+            ),
+            (
+                (1..=MAX_SLOTS).contains(&self.max_connections),
+                "max_connections must be between 1 and 2^32 - 2",
+            ),
+            (self.read_chunk >= 1, "read_chunk must be at least 1 byte"),
+            (
+                self.write_high_water >= 1,
+                "write_high_water must be at least 1 byte",
+            ),
+            (
+                self.write_low_water <= self.write_high_water,
+                "write_low_water must not be above write_high_water",
+            ),
+            (self.max_input >= 1, "max_input must be at least 1 byte"),
+            (
+                self.max_output >= self.write_high_water,
+                "max_output must not be below write_high_water",
+            ),
+            (
+                self.event_capacity >= 1,
+                "event_capacity must be at least 1",
+            ),
+            (
+                self.reads_per_turn >= 1 && self.accepts_per_turn >= 1,
+                "reads_per_turn and accepts_per_turn must be at least 1",
+            ),
+            (
+                !self.accept_backoff.is_zero(),
+                "accept_backoff must be above zero, or accept errors spin the loop",
+            ),
+        ];
+        match rules.iter().find(|(ok, _)| !ok) {
+            Some((_, rule)) => Err(Error::InvalidConfig((*rule).to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_follow_the_fd_limit() {
+        let config = Config::default();
+        assert_eq!(config.validate().ok(), Some(()));
+        assert_eq!(config.backlog, 128);
+        if let Some(limit) = open_file_limit() {
+            assert_eq!(config.max_connections as u64, limit - FD_RESERVE);
+        }
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        let cases = [
+            (Config::default().backlog(0), "backlog"),
+            (
+                Config::default().write_low_water(1 << 30),
+                "write_low_water",
+            ),
+            (Config::default().max_connections(0), "max_connections"),
+            (Config::default().read_chunk(0), "read_chunk"),
+            (Config::default().max_output(1), "max_output"),
+            (
+                Config::default().accept_backoff(Duration::ZERO),
+                "accept_backoff",
+            ),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig(rule)) => assert!(rule.contains(field), "{rule}"),
+                other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+}

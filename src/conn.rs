@@ -1,0 +1,144 @@
+//! Per-connection state, one entry of the reactor's slab.
+//!
+//! An idle connection is a socket, a generation and a few flag bits: its
+//! buffers live in one optional box that exists only while bytes wait
+//! (input the handler left unconsumed, output the kernel would not take).
+
+use mio::net::TcpStream;
+
+/// State bits of a connection. A `u16` rather than a dozen `bool`s keeps the
+/// slab entry small (see `idle_connection_is_small`).
+pub(crate) mod flag {
+    /// An edge said readable and no read has seen the socket drained since.
+    pub(crate) const READABLE: u16 = 1 << 0;
+    /// The event also said read-closed, error or urgent data: read until
+    /// EOF or `WouldBlock`, since no further edge will come for what is left.
+    pub(crate) const DRAIN_TO_END: u16 = 1 << 1;
+    /// `read` returned 0: the peer's FIN, authoritative (unlike RDHUP hints).
+    pub(crate) const READ_CLOSED: u16 = 1 << 2;
+    /// The peer's FIN came before any local close: the close reason is
+    /// `PeerClosed`, not `Local`.
+    pub(crate) const PEER_CLOSED_FIRST: u16 = 1 << 3;
+    /// Send FIN once the queued output is flushed (`shutdown_write`, `close`).
+    pub(crate) const SHUTDOWN_PENDING: u16 = 1 << 4;
+    /// FIN sent: `shutdown(Write)` done.
+    pub(crate) const WRITE_SHUT: u16 = 1 << 5;
+    /// Graceful close asked: input is discarded, the slot is freed once
+    /// output is flushed, FIN is sent and the peer's FIN is seen.
+    pub(crate) const CLOSING: u16 = 1 << 6;
+    /// The handler paused reading (`pause_read`).
+    pub(crate) const USER_PAUSED: u16 = 1 << 7;
+    /// Queued output reached the high water mark: reading stopped until it
+    /// falls to the low water mark.
+    pub(crate) const BACKPRESSURED: u16 = 1 << 8;
+    /// In the ready queue: readable data is left that the turn's read budget
+    /// did not cover.
+    pub(crate) const IN_READY_QUEUE: u16 = 1 << 9;
+    /// Closed; the slot is freed (and `on_close` runs) at the end of the turn.
+    pub(crate) const DEAD: u16 = 1 << 10;
+
+    /// Any of these stops reads.
+    pub(crate) const NO_READ: u16 = READ_CLOSED | USER_PAUSED | BACKPRESSURED | DEAD;
+    /// Any of these refuses new output.
+    pub(crate) const NO_WRITE: u16 = SHUTDOWN_PENDING | WRITE_SHUT | CLOSING | DEAD;
+}
+
+/// One connection's slab entry.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    /// The generation in this connection's tokens and ids; events and ids
+    /// with another generation belong to an earlier tenant of the slot.
+    pub(crate) generation: u32,
+    pub(crate) flags: u16,
+    /// Present only while bytes wait in either direction.
+    pub(crate) bufs: Option<Box<Buffers>>,
+}
+
+/// Bytes waiting on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers {
+    /// Input the handler has not consumed yet; offered again with the next
+    /// bytes.
+    pub(crate) input: Vec<u8>,
+    /// Output the kernel has not taken yet; `output[output_start..]` is
+    /// still to send.
+    pub(crate) output: Vec<u8>,
+    pub(crate) output_start: usize,
+}
+
+impl Buffers {
+    pub(crate) fn queued_output(&self) -> usize {
+        self.output.len() - self.output_start
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.input.is_empty() && self.queued_output() == 0
+    }
+
+    /// Appends to the output, first dropping the sent prefix once it is at
+    /// least half the buffer, so the copy is amortised O(1) per byte.
+    pub(crate) fn push_output(&mut self, data: &[u8]) {
+        if self.output_start > 0 && self.output_start * 2 >= self.output.len() {
+            self.output.drain(..self.output_start);
+            self.output_start = 0;
+        }
+        self.output.extend_from_slice(data);
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream, generation: u32) -> Conn {
+        Conn {
+            stream,
+            generation,
+            flags: 0,
+            bufs: None,
+        }
+    }
+
+    pub(crate) fn has(&self, bits: u16) -> bool {
+        self.flags & bits != 0
+    }
+
+    pub(crate) fn queued_output(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.queued_output())
+    }
+
+    pub(crate) fn has_input(&self) -> bool {
+        self.bufs.as_ref().is_some_and(|b| !b.input.is_empty())
+    }
+
+    /// An edge said readable and nothing stops reading.
+    pub(crate) fn wants_read(&self) -> bool {
+        self.has(flag::READABLE) && !self.has(flag::NO_READ)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_is_small() {
+        // The per-connection memory target is 0.1 KiB: the slab entry is
+        // the whole of it while a connection is idle.
+        assert!(std::mem::size_of::<slab::Slab<Conn>>() > 0);
+        assert!(
+            std::mem::size_of::<Conn>() <= 24,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+
+    #[test]
+    fn push_output_compacts_the_sent_prefix() {
+        let mut bufs = Buffers::default();
+        bufs.push_output(b"abcdef");
+        bufs.output_start = 4;
+        bufs.push_output(b"gh");
+        assert_eq!(bufs.output_start, 0);
+        assert_eq!(bufs.output, b"efgh");
+        assert_eq!(bufs.queued_output(), 4);
+    }
+}

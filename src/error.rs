@@ -1,0 +1,82 @@
+//! The one error type of the public API.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::ConnId;
+
+/// What can fail at the API surface.
+///
+/// Syscall failures inside the loop stay `io::Error`s; this type adds what
+/// failed and where (which address would not bind, which connection is gone).
+/// Nothing a peer does is returned from [`Reactor::run`](crate::Reactor::run):
+/// peer faults close that one connection and reach the handler as a
+/// [`CloseReason`](crate::CloseReason).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The [`Config`](crate::Config) breaks one of its rules; nothing was bound.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+
+    /// `bind(2)` failed, for example because the address is in use.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address that would not bind.
+        addr: SocketAddr,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Another step of setting up the listener failed (`socket`,
+    /// `setsockopt`, `listen`, `epoll_ctl`).
+    #[error("{op} for listener {addr}: {source}")]
+    Listener {
+        /// The failing operation, named after its syscall.
+        op: &'static str,
+        /// The address the listener was for.
+        addr: SocketAddr,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Creating or waiting on the poller failed: an OS fault, never a peer's.
+    #[error("{op}: {source}")]
+    Poll {
+        /// The failing operation (`epoll_create`, `epoll_wait`).
+        op: &'static str,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The connection is closed (or closing) or the id never existed.
+    #[error("connection {0} is closed or unknown")]
+    UnknownConnection(ConnId),
+
+    /// The connection was shut down for writing (`close`, `shutdown_write`);
+    /// nothing more can be sent on it.
+    #[error("connection {0} is shut down for writing")]
+    WriteClosed(ConnId),
+
+    /// Queuing these bytes would pass the connection's hard output cap
+    /// ([`Config::max_output`](crate::Config::max_output)); the connection
+    /// was aborted.
+    #[error("connection {0} passed its output limit and was aborted")]
+    OutputLimit(ConnId),
+
+    /// A per-connection query failed (for example `getpeername` on a peer
+    /// that already reset).
+    #[error("{op} on connection {id}: {source}")]
+    Connection {
+        /// The connection.
+        id: ConnId,
+        /// The failing operation, named after its syscall.
+        op: &'static str,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,105 @@
+//! What a program implements to serve connections: the `Handler` trait and
+//! the reasons a connection ends.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::{ConnId, Context};
+
+/// The protocol side of a server: the reactor owns sockets, buffers and
+/// limits; the handler decides what bytes mean and what to answer.
+///
+/// Callbacks run on the reactor's thread, one at a time, and must not block.
+/// Each gets a [`Context`] to act on any connection. Closing (`close`,
+/// `abort`, errors) is deferred: `on_close` runs after the current callback
+/// returns, never inside another callback, and an id is never reused for
+/// another connection.
+pub trait Handler {
+    /// Per-connection state the handler keeps, stored in the reactor's slab
+    /// beside the socket. Use `()` when there is none.
+    type Conn;
+
+    /// A connection was accepted. Return its state. The handler may `send`
+    /// a greeting, or `abort` to refuse it.
+    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) -> Self::Conn;
+
+    /// Bytes arrived. `data` holds what the handler left unconsumed last
+    /// time followed by the new bytes. Return how many bytes were consumed
+    /// (more than `data.len()` counts as all); the rest is kept and offered
+    /// again with the next bytes, up to [`Config::max_input`](crate::Config::max_input).
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        conn: &mut Self::Conn,
+        data: &[u8],
+    ) -> usize;
+
+    /// The peer sent its FIN: no more bytes will arrive. The default closes
+    /// gracefully: everything already sent is flushed, then FIN. A handler
+    /// that still has things to say can send them first, or keep the
+    /// connection half-open and close later.
+    fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
+        let _ = conn;
+        cx.close(id);
+    }
+
+    /// Queued output, having reached the write high water mark, fell to the
+    /// low water mark: reading has resumed and the handler may produce more.
+    fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
+        let _ = (cx, id, conn);
+    }
+
+    /// The connection is gone; its state is handed back. Runs once per
+    /// connection whose `on_open` ran.
+    fn on_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: ConnId,
+        conn: Self::Conn,
+        reason: CloseReason,
+    ) {
+        let _ = (cx, id, conn, reason);
+    }
+}
+
+/// Why a connection closed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent FIN first; the reactor flushed what was queued, sent its
+    /// own FIN and closed.
+    PeerClosed,
+    /// The handler called [`Context::close`]: output was flushed, FIN sent
+    /// and the peer's FIN seen.
+    Local,
+    /// The handler called [`Context::abort`]: queued output was dropped and
+    /// the peer got a reset.
+    Aborted,
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`,
+    /// `ECONNABORTED`). Normal on the internet; logged at debug level.
+    Reset,
+    /// Another I/O error on the socket.
+    Io(io::Error),
+    /// The peer sent more than [`Config::max_input`](crate::Config::max_input)
+    /// bytes that the handler would not consume.
+    InputLimit,
+    /// Queued output passed [`Config::max_output`](crate::Config::max_output).
+    OutputLimit,
+    /// The reactor stopped.
+    Stopped,
+}
+
+impl CloseReason {
+    /// Maps a socket error to a reason: the ways a peer can vanish are a
+    /// `Reset`, anything else is `Io`.
+    pub(crate) fn from_io(error: io::Error) -> CloseReason {
+        match error.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected => CloseReason::Reset,
+            _ => CloseReason::Io(error),
+        }
+    }
+}

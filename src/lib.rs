@@ -1,0 +1,134 @@
+//! A single-threaded readiness reactor on [`mio`] that serves thousands of
+//! TCP connections on one thread, and that you can read end to end.
+//!
+//! It is the tutorial server (`bind`, `listen(128)`, `accept`, `recv`,
+//! `send`) grown up: non-blocking, many clients at once, memory bounded,
+//! nothing accepted ever lost. You implement [`Handler`] (the protocol); the
+//! [`Reactor`] owns sockets, buffers and limits.
+//!
+//! # Quick start
+//!
+//! An uppercasing echo server. It runs here until a client sends `quit`;
+//! the test drives it with one client.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::{SocketAddr, TcpStream};
+//! use tcp_reactor::{Config, ConnId, Context, Handler, Reactor};
+//!
+//! struct Upper;
+//!
+//! impl Handler for Upper {
+//!     type Conn = ();
+//!     fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+//!     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+//!         if data.starts_with(b"quit") {
+//!             cx.stop();
+//!         } else {
+//!             let _ = cx.send(id, &data.to_ascii_uppercase());
+//!         }
+//!         data.len()
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let addr: SocketAddr = "127.0.0.1:0".parse()?;
+//! let mut reactor = Reactor::bind(addr, Config::default(), Upper)?;
+//! let addr = reactor.local_addr(); // the port the kernel chose
+//! let server = std::thread::spawn(move || reactor.run());
+//!
+//! let mut client = TcpStream::connect(addr)?;
+//! client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! client.write_all(b"hello")?;
+//! let mut reply = [0; 5];
+//! client.read_exact(&mut reply)?;
+//! assert_eq!(&reply, b"HELLO");
+//! client.write_all(b"quit")?;
+//! server.join().expect("reactor thread")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # One loop turn
+//!
+//! [`Reactor::run_once`] is one turn; [`Reactor::run`] repeats it.
+//!
+//! 1. **Timeout**: zero if a connection has data left from last turn or
+//!    accepts are to be retried; until the end of an accept pause; else
+//!    none (an idle reactor sleeps in `epoll_wait` and never wakes).
+//! 2. **Poll**: `epoll_wait`; `EINTR` is retried.
+//! 3. **Dispatch**: the listener's event marks accepts pending. A
+//!    connection's event flushes its queued output first, then reads: one
+//!    read per event, another only if the read filled its buffer, at most
+//!    [`Config::reads_per_turn`] reads; a connection with more goes on the
+//!    ready queue.
+//! 4. **Ready queue**: connections left over from the last turn are read.
+//! 5. **Accept**: up to [`Config::accepts_per_turn`] new connections, while
+//!    below [`Config::max_connections`] and not paused by `EMFILE` & co.
+//! 6. **Close**: slots of connections closed during the turn are freed and
+//!    [`Handler::on_close`] runs; only now, so no event of this turn's batch
+//!    can reach a reused slot.
+//!
+//! # Guarantees
+//!
+//! - **Ids are never confused.** A [`ConnId`] carries the slot's
+//!   generation: events and calls for a closed connection never reach the
+//!   connection that took its slot.
+//! - **Nothing accepted is lost.** What `on_data` did not consume is offered
+//!   again with the next bytes; what the kernel did not take is queued and
+//!   flushed; a graceful close ([`Context::close`], and the default
+//!   [`Handler::on_eof`]) flushes before its FIN.
+//! - **Memory is bounded.** Reading from a connection stops while its queued
+//!   output is at [`Config::write_high_water`] and resumes at
+//!   [`Config::write_low_water`] (with [`Handler::on_drain`]); while output
+//!   is queued, reads take only the room left under the high water mark.
+//!   Unconsumed input is capped by [`Config::max_input`]. An idle
+//!   connection owns no heap buffer.
+//! - **Fair.** Per-turn read and accept budgets: one flooding peer cannot
+//!   starve the others.
+//! - **Peers cannot stop the server.** Resets, broken pipes, half-closes,
+//!   floods and descriptor exhaustion close (or half-close) the connection
+//!   concerned, or pause accepting; `run` never returns an error or panics
+//!   for them. Writes never raise `SIGPIPE`.
+//! - **No busy loops.** Sockets are registered once, edge-triggered, for
+//!   readable and writable; the loop never re-registers.
+//!
+//! # Layout
+//!
+//! | module | job |
+//! | --- | --- |
+//! | `config` | [`Config`]: defaults and the rules they keep |
+//! | `listener` | the listening socket, built with `socket2` |
+//! | `reactor` | [`Reactor`]: the loop, one turn at a time |
+//! | `table` | the slab of connections; send, flush, close |
+//! | `conn` | one connection's state and buffers |
+//! | `handler` | [`Handler`] and [`CloseReason`] |
+//! | `context` | [`Context`]: what a callback may do |
+//! | `id` | [`ConnId`] and the tokens it travels in |
+//! | `stats` | [`Stats`] and [`StatsReader`] |
+//! | `echo` | [`Echo`], the echo handler |
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+mod config;
+mod conn;
+mod context;
+mod echo;
+mod error;
+mod handler;
+mod id;
+mod listener;
+mod os_limits;
+mod reactor;
+mod stats;
+mod table;
+
+pub use config::Config;
+pub use context::Context;
+pub use echo::Echo;
+pub use error::Error;
+pub use handler::{CloseReason, Handler};
+pub use id::ConnId;
+pub use reactor::Reactor;
+pub use stats::{Stats, StatsReader};

@@ -1,0 +1,70 @@
+//! Counters the reactor keeps, and a reader for other threads.
+
+use std::sync::{Arc, Mutex};
+
+/// A snapshot of the reactor's counters.
+///
+/// Counters only grow, except `active` and `queued_output`, which are
+/// current values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections closed since start, for any reason.
+    pub closed: u64,
+    /// Of those, closed by a reset or broken pipe from the peer.
+    pub resets: u64,
+    /// Bytes read from peers.
+    pub bytes_in: u64,
+    /// Bytes written to peers.
+    pub bytes_out: u64,
+    /// Times a connection's queued output reached the high water mark and
+    /// reading from it stopped.
+    pub backpressure_pauses: u64,
+    /// Failed `accept` calls: resource errors (`EMFILE` ...) that paused
+    /// accepting, and connections aborted before they were accepted.
+    pub accept_errors: u64,
+    /// Output bytes queued in user space now, over all connections (bytes
+    /// the kernel would not take yet).
+    pub queued_output: u64,
+    /// The most output one connection ever had queued at once.
+    pub peak_queued_output: u64,
+    /// Connections closed for sending more than `max_input` the handler
+    /// would not consume, or for passing `max_output`.
+    pub limit_closes: u64,
+    /// Loop turns (one `epoll_wait` each).
+    pub turns: u64,
+    /// Turns whose `epoll_wait` filled the whole events buffer: light
+    /// connections may then wait a turn (see `Config::event_capacity`).
+    pub full_event_batches: u64,
+}
+
+/// Reads the reactor's [`Stats`] from any thread.
+///
+/// The reactor publishes a snapshot once per loop turn, just before it
+/// waits for events, so what a reader sees is at most one turn old and
+/// always consistent with itself. Publishing never blocks the loop: if a
+/// reader holds the lock at that moment, that turn's snapshot is skipped.
+#[derive(Debug, Clone, Default)]
+pub struct StatsReader {
+    shared: Arc<Mutex<Stats>>,
+}
+
+impl StatsReader {
+    /// The latest published snapshot.
+    pub fn get(&self) -> Stats {
+        match self.shared.lock() {
+            Ok(stats) => *stats,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    pub(crate) fn publish(&self, stats: &Stats) {
+        if let Ok(mut shared) = self.shared.try_lock() {
+            *shared = *stats;
+        }
+    }
+}

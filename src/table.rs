@@ -1,0 +1,399 @@
+//! The connection table: the slab of connections and every operation on a
+//! connection that both the loop and a handler's [`Context`](crate::Context)
+//! perform (send, flush, close, abort).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use slab::Slab;
+use socket2::SockRef;
+
+use crate::conn::{Buffers, Conn, flag};
+use crate::{CloseReason, Config, ConnId, Error, Stats};
+
+/// Buffers kept for reuse, so a connection that needs one briefly does not
+/// cost an allocation each time.
+const BUFFER_POOL_SIZE: usize = 64;
+
+/// The byte limits the table enforces, copied out of [`Config`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) read_chunk: usize,
+    pub(crate) high_water: usize,
+    pub(crate) low_water: usize,
+    pub(crate) max_input: usize,
+    pub(crate) max_output: usize,
+}
+
+impl Limits {
+    pub(crate) fn from_config(config: &Config) -> Limits {
+        Limits {
+            read_chunk: config.read_chunk,
+            high_water: config.write_high_water,
+            low_water: config.write_low_water,
+            max_input: config.max_input,
+            max_output: config.max_output,
+        }
+    }
+}
+
+/// All connections and the bookkeeping around them.
+#[derive(Debug)]
+pub(crate) struct ConnTable {
+    pub(crate) conns: Slab<Conn>,
+    pub(crate) stats: Stats,
+    pub(crate) limits: Limits,
+    /// Connections closed this turn, with why; their slots are freed and
+    /// `on_close` runs at the end of the turn, so no event of this turn's
+    /// batch can reach a slot's next tenant.
+    pub(crate) closed: VecDeque<(ConnId, CloseReason)>,
+    /// Connections with readable data left after their read budget ran out,
+    /// or whose reading resumed; served next turn with a zero poll timeout
+    /// (edge-triggered polling will not tell us about them again).
+    pub(crate) ready: VecDeque<ConnId>,
+    /// Set by `Context::stop`.
+    pub(crate) stop_requested: bool,
+    pool: Vec<Box<Buffers>>,
+    next_generation: u32,
+}
+
+impl ConnTable {
+    pub(crate) fn new(config: &Config) -> ConnTable {
+        ConnTable {
+            conns: Slab::with_capacity(config.max_connections.min(1024)),
+            stats: Stats::default(),
+            limits: Limits::from_config(config),
+            closed: VecDeque::new(),
+            ready: VecDeque::new(),
+            stop_requested: false,
+            pool: Vec::new(),
+            next_generation: 0,
+        }
+    }
+
+    /// Takes a slot for a new connection and returns its id.
+    pub(crate) fn insert(&mut self, stream: TcpStream) -> ConnId {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let index = self.conns.insert(Conn::new(stream, self.next_generation));
+        self.stats.accepted += 1;
+        self.stats.active += 1;
+        ConnId::new(index, self.next_generation)
+    }
+
+    /// The next slot `insert` will take, to register the socket under its
+    /// token before the slot exists.
+    pub(crate) fn next_id(&self) -> ConnId {
+        ConnId::new(
+            self.conns.vacant_key(),
+            self.next_generation.wrapping_add(1),
+        )
+    }
+
+    /// The live connection with this id: not closed, not another tenant of
+    /// its slot.
+    pub(crate) fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(id.index())
+            .filter(|c| c.generation == id.generation() && !c.has(flag::DEAD))
+    }
+
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        live_mut(&mut self.conns, id)
+    }
+
+    /// Writes `data` at once if nothing is queued; queues what the kernel
+    /// does not take. A socket error closes the connection (reported through
+    /// `on_close`) and is not an error of the send.
+    pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let conn = self.get_mut(id).ok_or(Error::UnknownConnection(id))?;
+        if conn.has(flag::NO_WRITE) {
+            return Err(Error::WriteClosed(id));
+        }
+        let mut rest = data;
+        if conn.bufs.as_ref().is_none_or(|b| b.queued_output() == 0) && !rest.is_empty() {
+            loop {
+                match conn.stream.write(rest) {
+                    Ok(n) => {
+                        self.stats.bytes_out += n as u64;
+                        rest = &rest[n..];
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Kernel buffer full: a writable edge will follow.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        self.fail(id, e);
+                        return Ok(());
+                    }
+                }
+                break;
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.queue_output(id, rest)
+    }
+
+    /// The kernel did not take everything: keep the rest until writable.
+    #[cold]
+    #[inline(never)]
+    fn queue_output(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let limits = self.limits;
+        let queued = self.get(id).map_or(0, Conn::queued_output);
+        if queued + data.len() > limits.max_output {
+            self.stats.limit_closes += 1;
+            self.drop_connection(id, CloseReason::OutputLimit);
+            return Err(Error::OutputLimit(id));
+        }
+        let bufs = self.buffers(id);
+        bufs.push_output(data);
+        let queued = bufs.queued_output();
+        self.stats.queued_output += data.len() as u64;
+        self.stats.peak_queued_output = self.stats.peak_queued_output.max(queued as u64);
+        if queued >= limits.high_water {
+            if let Some(conn) = self.get_mut(id) {
+                if !conn.has(flag::BACKPRESSURED) {
+                    conn.flags |= flag::BACKPRESSURED;
+                    self.stats.backpressure_pauses += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection's buffers, taken from the pool if it has none.
+    pub(crate) fn buffers(&mut self, id: ConnId) -> &mut Buffers {
+        let pool = &mut self.pool;
+        let conn = &mut self.conns[id.index()];
+        conn.bufs
+            .get_or_insert_with(|| pool.pop().unwrap_or_default())
+    }
+
+    /// Gives the connection's buffers back to the pool once they hold nothing.
+    pub(crate) fn release_buffers_if_empty(&mut self, id: ConnId) {
+        let conn = &mut self.conns[id.index()];
+        if conn.bufs.as_ref().is_some_and(|b| b.is_empty()) {
+            if let Some(bufs) = conn.bufs.take() {
+                self.recycle(bufs);
+            }
+        }
+    }
+
+    fn recycle(&mut self, mut bufs: Box<Buffers>) {
+        if self.pool.len() < BUFFER_POOL_SIZE {
+            bufs.input.clear();
+            bufs.output.clear();
+            bufs.output_start = 0;
+            // A buffer that once held a burst keeps no more than a chunk
+            // once it is pooled; memory follows work, not history.
+            bufs.input.shrink_to(self.limits.read_chunk);
+            bufs.output.shrink_to(self.limits.high_water);
+            self.pool.push(bufs);
+        }
+    }
+
+    /// Writes queued output until it is gone or the kernel is full. Returns
+    /// whether the connection just came out of backpressure (the caller runs
+    /// `on_drain` and reads again).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn flush(&mut self, id: ConnId) -> bool {
+        let Some(conn) = self.get_mut(id) else {
+            return false;
+        };
+        let Some(bufs) = conn.bufs.as_mut() else {
+            return false;
+        };
+        let mut written = 0;
+        let mut error = None;
+        while bufs.queued_output() > 0 {
+            match conn.stream.write(&bufs.output[bufs.output_start..]) {
+                Ok(0) => {
+                    error = Some(io::Error::from(io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => {
+                    bufs.output_start += n;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let queued = bufs.queued_output();
+        if queued == 0 {
+            bufs.output.clear();
+            bufs.output_start = 0;
+        }
+        self.stats.bytes_out += written as u64;
+        self.stats.queued_output -= written as u64;
+        if let Some(e) = error {
+            self.fail(id, e);
+            return false;
+        }
+        let conn = &mut self.conns[id.index()];
+        let drained = conn.has(flag::BACKPRESSURED) && queued <= self.limits.low_water;
+        if drained {
+            conn.flags &= !flag::BACKPRESSURED;
+        }
+        if queued == 0 {
+            self.release_buffers_if_empty(id);
+            self.progress_shutdown(id);
+        }
+        drained
+    }
+
+    /// Graceful close: stop taking input, flush, FIN, wait for the peer's
+    /// FIN, then free the slot.
+    ///
+    /// Waiting for the peer's FIN matters: closing a socket with unread
+    /// input makes the kernel send a reset, which can destroy output the
+    /// peer has not read yet.
+    pub(crate) fn close(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.flags |= flag::CLOSING | flag::SHUTDOWN_PENDING;
+            if let Some(bufs) = conn.bufs.as_mut() {
+                bufs.input.clear();
+            }
+            self.progress_shutdown(id);
+        }
+    }
+
+    /// Half-close: FIN after the queued output; reading goes on.
+    pub(crate) fn shutdown_write(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.flags |= flag::SHUTDOWN_PENDING;
+            self.progress_shutdown(id);
+        }
+    }
+
+    /// Closes at once with a reset, dropping queued output.
+    pub(crate) fn abort(&mut self, id: ConnId) {
+        self.drop_connection(id, CloseReason::Aborted);
+    }
+
+    /// Moves a pending FIN, and a graceful close, forward as far as the
+    /// queued output and the peer allow.
+    pub(crate) fn progress_shutdown(&mut self, id: ConnId) {
+        let Some(conn) = self.get_mut(id) else {
+            return;
+        };
+        if !conn.has(flag::SHUTDOWN_PENDING) || conn.queued_output() > 0 {
+            return;
+        }
+        if !conn.has(flag::WRITE_SHUT) {
+            conn.flags |= flag::WRITE_SHUT;
+            if let Err(e) = conn.stream.shutdown(Shutdown::Write) {
+                self.fail(id, e);
+                return;
+            }
+        }
+        if conn.has(flag::CLOSING) && conn.has(flag::READ_CLOSED) {
+            let reason = if conn.has(flag::PEER_CLOSED_FIRST) {
+                CloseReason::PeerClosed
+            } else {
+                CloseReason::Local
+            };
+            self.finish(id, reason);
+        }
+    }
+
+    /// A socket error ends the connection.
+    #[cold]
+    pub(crate) fn fail(&mut self, id: ConnId, error: io::Error) {
+        let reason = CloseReason::from_io(error);
+        self.finish(id, reason);
+    }
+
+    /// Ends the connection at once with a reset (`SO_LINGER` 0), so the peer
+    /// learns that what it has not received will not come.
+    pub(crate) fn drop_connection(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.get(id) {
+            if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO)) {
+                log::debug!("conn {id}: SO_LINGER 0 before abort: {e}");
+            }
+            self.finish(id, reason);
+        }
+    }
+
+    /// Marks the connection closed; the slot is freed at the end of the turn.
+    pub(crate) fn finish(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.get_mut(id) else {
+            return;
+        };
+        conn.flags |= flag::DEAD;
+        let dropped = conn.queued_output() as u64;
+        let bufs = conn.bufs.take();
+        self.stats.queued_output -= dropped;
+        if let Some(bufs) = bufs {
+            self.recycle(bufs);
+        }
+        match &reason {
+            CloseReason::Reset => {
+                self.stats.resets += 1;
+                log::debug!("conn {id}: reset by peer");
+            }
+            CloseReason::Io(e) => log::debug!("conn {id}: closed on error: {e}"),
+            _ => {}
+        }
+        self.closed.push_back((id, reason));
+    }
+
+    /// Queues the connection to be read next turn, once.
+    pub(crate) fn push_ready(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            if !conn.has(flag::IN_READY_QUEUE) {
+                conn.flags |= flag::IN_READY_QUEUE;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    pub(crate) fn pause_read(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.flags |= flag::USER_PAUSED;
+        }
+    }
+
+    /// Resumes reading; data that arrived while paused raised no new edge,
+    /// so the connection is read proactively next turn.
+    pub(crate) fn resume_read(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.flags &= !flag::USER_PAUSED;
+            if conn.wants_read() {
+                self.push_ready(id);
+            }
+        }
+    }
+
+    /// Removes the slot of a connection that `finish` marked dead.
+    pub(crate) fn remove(&mut self, id: ConnId) {
+        let index = id.index();
+        if self
+            .conns
+            .get(index)
+            .is_some_and(|c| c.generation == id.generation())
+        {
+            // Dropping the stream closes the socket, which also takes it out
+            // of the epoll set.
+            drop(self.conns.remove(index));
+            self.stats.active -= 1;
+            self.stats.closed += 1;
+        }
+    }
+}
+
+/// The live connection with this id, borrowing only the slab (so the caller
+/// can still reach the table's other fields).
+pub(crate) fn live_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
+    conns
+        .get_mut(id.index())
+        .filter(|c| c.generation == id.generation() && !c.has(flag::DEAD))
+}
