@@ -1,0 +1,356 @@
+//! Helpers shared by the integration tests: a reactor on its own thread,
+//! bounded waits, and non-blocking echo clients that verify every byte.
+//!
+//! Every wait here has a deadline; no test can hang, and none sleeps to
+//! synchronise: a wait polls the condition it is waiting for.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream as StdStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use tcp_reactor::{Config, Handler, Reactor, Stats, StatsReader};
+
+/// The longest any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Port 0 on loopback: the kernel picks a free port, so tests never collide.
+pub fn any_local_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Waits until `condition` holds, failing the test after [`DEADLINE`].
+#[track_caller]
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A reactor running on its own thread, stopped and joined on drop.
+pub struct Server<H: Handler> {
+    pub addr: SocketAddr,
+    pub stats: StatsReader,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Reactor<H>>>,
+}
+
+/// Binds a reactor on `127.0.0.1:0` and runs it on a new thread.
+pub fn start<H>(config: Config, handler: H) -> Server<H>
+where
+    H: Handler + Send + 'static,
+    H::Conn: Send + 'static,
+{
+    let mut reactor = Reactor::bind(any_local_address(), config, handler).expect("bind on port 0");
+    let addr = reactor.local_addr();
+    let stats = reactor.stats_reader();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        // A short timeout so the stop flag is seen; the reactor itself
+        // needs no timeout to make progress.
+        while !stop_flag.load(Ordering::Relaxed) && !reactor.is_stopped() {
+            reactor
+                .run_once(Some(Duration::from_millis(5)))
+                .expect("run_once must not fail for anything a peer does");
+        }
+        reactor
+    });
+    Server {
+        addr,
+        stats,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// The reactor's latest published counters.
+    pub fn stats(&self) -> Stats {
+        self.stats.get()
+    }
+
+    /// Waits until the published counters satisfy `condition`; returns them.
+    #[track_caller]
+    pub fn wait_stats(&self, what: &str, mut condition: impl FnMut(&Stats) -> bool) -> Stats {
+        let mut last = self.stats();
+        wait_until(what, || {
+            last = self.stats();
+            condition(&last)
+        });
+        last
+    }
+
+    /// Stops the loop and hands the reactor back for inspection.
+    pub fn stop(mut self) -> Reactor<H> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("server thread");
+        thread.join().expect("reactor thread panicked")
+    }
+}
+
+impl<H: Handler> Drop for Server<H> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            if !std::thread::panicking() {
+                joined.expect("reactor thread panicked");
+            }
+        }
+    }
+}
+
+/// A blocking client with a read and write timeout of [`DEADLINE`], for
+/// simple exchanges.
+pub fn connect(addr: SocketAddr) -> StdStream {
+    let stream = StdStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(DEADLINE))
+        .expect("write timeout");
+    stream
+}
+
+/// Reads until EOF (bounded by the read timeout of [`connect`]).
+pub fn read_to_eof(stream: &mut StdStream) -> io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+/// Byte `offset` of client `seed`'s deterministic stream. Every byte value,
+/// NUL and 0xFF included, occurs.
+pub fn pattern(seed: u64, offset: u64) -> u8 {
+    let x = (offset ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8
+}
+
+/// FNV-1a over a stream, to compare what came back with what was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// What one echo client does.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Bytes to send in all.
+    pub total: u64,
+    /// Bytes per message; a message is sent only once the previous one came
+    /// back whole (ping-pong). `u64::MAX` streams without waiting.
+    pub message: u64,
+    /// Half-close (shutdown write) after sending everything, and expect the
+    /// server's EOF after the echo.
+    pub half_close: bool,
+}
+
+/// What one echo client saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub sent: u64,
+    pub received: u64,
+    /// Offset of the first byte that differed from what was sent, if any.
+    pub first_mismatch: Option<u64>,
+    pub sent_hash: u64,
+    pub received_hash: u64,
+    pub eof: bool,
+    pub error: Option<io::ErrorKind>,
+}
+
+impl Outcome {
+    /// Everything sent came back, byte for byte.
+    pub fn is_exact(&self, total: u64) -> bool {
+        self.sent == total
+            && self.received == total
+            && self.first_mismatch.is_none()
+            && self.sent_hash == self.received_hash
+            && self.error.is_none()
+    }
+}
+
+struct EchoClient {
+    stream: TcpStream,
+    seed: u64,
+    plan: Plan,
+    outcome: Outcome,
+    sent_hash: Fnv,
+    received_hash: Fnv,
+    shut: bool,
+}
+
+impl EchoClient {
+    fn done(&self) -> bool {
+        self.outcome.error.is_some()
+            || (self.outcome.received >= self.plan.total
+                && (!self.plan.half_close || self.outcome.eof))
+            || self.outcome.eof
+    }
+
+    fn write_some(&mut self, buf: &mut [u8]) {
+        while self.outcome.sent < self.plan.total {
+            let in_flight = self.outcome.sent - self.outcome.received;
+            if self.plan.message != u64::MAX && in_flight > 0 {
+                return; // ping-pong: wait for the echo of this message
+            }
+            let left = self.plan.total - self.outcome.sent;
+            let room = if self.plan.message == u64::MAX {
+                left
+            } else {
+                self.plan.message.min(left)
+            };
+            let n = room.min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(self.seed, self.outcome.sent + i as u64);
+            }
+            match self.stream.write(&buf[..n]) {
+                Ok(written) => {
+                    self.sent_hash.update(&buf[..written]);
+                    self.outcome.sent += written as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.outcome.error = Some(e.kind());
+                    return;
+                }
+            }
+        }
+        if self.plan.half_close && !self.shut {
+            self.shut = true;
+            if let Err(e) = self.stream.shutdown(Shutdown::Write) {
+                self.outcome.error = Some(e.kind());
+            }
+        }
+    }
+
+    fn read_some(&mut self, buf: &mut [u8]) {
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    self.outcome.eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        let offset = self.outcome.received + i as u64;
+                        if self.outcome.first_mismatch.is_none() && b != pattern(self.seed, offset)
+                        {
+                            self.outcome.first_mismatch = Some(offset);
+                        }
+                    }
+                    self.received_hash.update(&buf[..n]);
+                    self.outcome.received += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.outcome.error = Some(e.kind());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one non-blocking echo client per plan against `addr`, all at once on
+/// this thread, until each has its whole echo back (and the server's EOF
+/// when it half-closed) or [`DEADLINE`] passes. Returns what each saw.
+pub fn run_echo_clients(addr: SocketAddr, plans: &[Plan]) -> Vec<Outcome> {
+    let mut poll = Poll::new().expect("client poll");
+    let mut events = Events::with_capacity(1024);
+    let mut clients: Vec<EchoClient> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, &plan)| {
+            let std_stream = StdStream::connect(addr).expect("connect");
+            std_stream.set_nonblocking(true).expect("non-blocking");
+            let mut stream = TcpStream::from_std(std_stream);
+            poll.registry()
+                .register(
+                    &mut stream,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .expect("register client");
+            EchoClient {
+                stream,
+                seed: i as u64 * 7919 + 1,
+                plan,
+                outcome: Outcome::default(),
+                sent_hash: Fnv::default(),
+                received_hash: Fnv::default(),
+                shut: false,
+            }
+        })
+        .collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + DEADLINE;
+    let mut left = clients.iter().filter(|c| !c.done()).count();
+    // Kick every client once: edges for sockets writable before
+    // registration have been delivered, but a ping-pong client only writes
+    // when it decides to.
+    for client in &mut clients {
+        client.write_some(&mut buf);
+    }
+    while left > 0 {
+        let now = Instant::now();
+        assert!(
+            now < deadline,
+            "{left} echo clients unfinished at the deadline"
+        );
+        poll.poll(&mut events, Some(deadline - now))
+            .expect("client poll");
+        for event in events.iter() {
+            let client = &mut clients[event.token().0];
+            if client.done() {
+                continue;
+            }
+            if event.is_readable() {
+                client.read_some(&mut buf);
+            }
+            client.write_some(&mut buf);
+            if client.done() {
+                left -= 1;
+            }
+        }
+    }
+    clients
+        .into_iter()
+        .map(|mut c| {
+            c.outcome.sent_hash = c.sent_hash.0;
+            c.outcome.received_hash = c.received_hash.0;
+            c.outcome
+        })
+        .collect()
+}
+
+/// Sends `data` on a fresh blocking connection and returns the echo.
+pub fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    stream.write_all(data).expect("write");
+    let mut back = vec![0; data.len()];
+    stream.read_exact(&mut back).expect("read echo");
+    back
+}
