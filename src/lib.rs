@@ -132,3 +132,8 @@ pub use handler::{CloseReason, Handler};
 pub use id::ConnId;
 pub use reactor::Reactor;
 pub use stats::{Stats, StatsReader};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

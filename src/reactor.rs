@@ -233,8 +233,10 @@ impl<H: Handler> Reactor<H> {
         if event.is_read_closed() || event.is_error() || event.is_priority() {
             conn.flags |= flag::READABLE | flag::DRAIN_TO_END;
         }
-        if event.is_error() && conn.has(flag::READ_CLOSED) {
-            // Reads will not surface the error after EOF; ask for it.
+        if event.is_error() {
+            // Ask for the error rather than wait for a read to surface it:
+            // reading may be paused, or over (after EOF), and the connection
+            // would linger.
             if let Ok(Some(e)) = conn.stream.take_error() {
                 self.table.fail(id, e);
                 return;

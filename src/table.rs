@@ -56,6 +56,9 @@ pub(crate) struct ConnTable {
     pub(crate) ready: VecDeque<ConnId>,
     /// Set by `Context::stop`.
     pub(crate) stop_requested: bool,
+    /// Boxed because connections hold their buffers boxed: a pooled box
+    /// moves into a connection as it is, with no allocation.
+    #[allow(clippy::vec_box)]
     pool: Vec<Box<Buffers>>,
     next_generation: u32,
 }

@@ -201,11 +201,12 @@ struct EchoClient {
 }
 
 impl EchoClient {
+    /// Finished: failed, saw EOF (early or expected), or has its whole echo
+    /// and expects no EOF.
     fn done(&self) -> bool {
         self.outcome.error.is_some()
-            || (self.outcome.received >= self.plan.total
-                && (!self.plan.half_close || self.outcome.eof))
             || self.outcome.eof
+            || (self.outcome.received >= self.plan.total && !self.plan.half_close)
     }
 
     fn write_some(&mut self, buf: &mut [u8]) {
