@@ -1,0 +1,307 @@
+//! Descriptor exhaustion (`EMFILE` from `accept`): the reactor pauses
+//! accepting for `accept_backoff` rather than spinning, keeps serving, and
+//! resumes by itself once descriptors are free again.
+//!
+//! This binary holds one test only: it lowers the process-wide open-file
+//! limit, which would break any test running beside it.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Plan, any_local_address, run_echo_clients, wait_until};
+use rlimit::Resource;
+use tcp_reactor::{Config, ConnId, Context, Echo, Handler, Reactor, Stats, StatsReader};
+
+/// `EMFILE`: the process has no descriptor left.
+const EMFILE: i32 = 24;
+
+/// Descriptors free under the lowered limit when the test starts filling
+/// them: room for about 20 connections, each costing one descriptor on
+/// either side.
+const HEADROOM: u64 = 48;
+
+/// Puts the original open-file limit back, also when the test fails.
+struct RestoreLimit {
+    soft: u64,
+    hard: u64,
+}
+
+impl Drop for RestoreLimit {
+    fn drop(&mut self) {
+        if let Err(e) = rlimit::setrlimit(Resource::NOFILE, self.soft, self.hard) {
+            if !std::thread::panicking() {
+                panic!("restore RLIMIT_NOFILE: {e}");
+            }
+        }
+    }
+}
+
+/// What a client sends to stop the reactor (see [`EchoUntilStopped`]).
+const STOP: &[u8] = b"stop the reactor, the test is over";
+
+/// [`Echo`], except that a read of exactly [`STOP`] stops the reactor: the
+/// only way to end `Reactor::run`, which has no timeout of its own.
+struct EchoUntilStopped(Echo);
+
+impl Handler for EchoUntilStopped {
+    type Conn = ();
+
+    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
+        self.0.on_open(cx, id, peer);
+    }
+
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut (), data: &[u8]) -> usize {
+        if data == STOP {
+            cx.stop();
+            return data.len();
+        }
+        self.0.on_data(cx, id, conn, data)
+    }
+}
+
+/// A reactor in `Reactor::run` on its own thread: unlike `common::start`,
+/// whose driver wakes every 5 ms, the loop turns only when the reactor
+/// itself asks to (events, the end of an accept pause), so counting turns
+/// measures the reactor alone.
+struct Server {
+    addr: SocketAddr,
+    stats: StatsReader,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(config: Config) -> Server {
+        let mut reactor = Reactor::bind(any_local_address(), config, EchoUntilStopped(Echo))
+            .expect("bind on port 0");
+        let addr = reactor.local_addr();
+        let stats = reactor.stats_reader();
+        let thread = std::thread::spawn(move || {
+            reactor
+                .run()
+                .expect("run must not fail for anything a peer does");
+        });
+        Server {
+            addr,
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.get()
+    }
+
+    /// Waits until the published counters satisfy `condition`; returns them.
+    #[track_caller]
+    fn wait_stats(&self, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
+        let mut last = self.stats();
+        wait_until(what, || {
+            last = self.stats();
+            condition(&last)
+        });
+        last
+    }
+
+    /// Asks the reactor to stop; `None` if no client could be connected.
+    fn request_stop(&self) -> Option<()> {
+        let mut stream = client(self.addr).ok()?;
+        stream.write_all(STOP).ok()
+    }
+
+    /// Stops the reactor and joins its thread, within [`DEADLINE`].
+    fn stop(mut self) {
+        self.request_stop()
+            .expect("connect and send the stop request");
+        let thread = self.thread.take().expect("the reactor thread");
+        wait_until("the reactor to stop", || thread.is_finished());
+        thread.join().expect("reactor thread panicked");
+    }
+}
+
+impl Drop for Server {
+    /// Only when the test failed before `stop`: ask the reactor to stop but
+    /// do not wait for it, so a failing test cannot hang.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.request_stop();
+        }
+    }
+}
+
+fn descriptors_in_use() -> u64 {
+    let entries = std::fs::read_dir("/proc/self/fd").expect("list /proc/self/fd");
+    entries.count() as u64
+}
+
+fn client(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.set_write_timeout(Some(DEADLINE))?;
+    Ok(stream)
+}
+
+#[test]
+fn out_of_descriptors_accepting_pauses_without_spinning_and_resumes_by_itself() {
+    let backoff = Duration::from_millis(50);
+    // `max_connections` far above what the descriptors allow: only EMFILE
+    // stops accepting.
+    let config = Config::default()
+        .max_connections(100_000)
+        .accept_backoff(backoff);
+    let server = Server::start(config);
+
+    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).expect("getrlimit(NOFILE)");
+    let restore = RestoreLimit { soft, hard };
+    let limit = descriptors_in_use() + HEADROOM;
+    assert!(
+        limit <= soft,
+        "the soft limit {soft} is already below {limit}"
+    );
+    rlimit::setrlimit(Resource::NOFILE, limit, hard).expect("lower RLIMIT_NOFILE");
+
+    // Descriptors held back, to be freed one at a time later.
+    let mut spares: Vec<File> = (0..3)
+        .map(|_| File::open("/dev/null").expect("open a spare descriptor"))
+        .collect();
+
+    // Clients and server share the limit: connect one client at a time
+    // until the server's accept fails. Each accepted connection costs two
+    // descriptors; should the client side run out first (an even number
+    // left), a spare makes room for one more client.
+    let mut clients: Vec<TcpStream> = Vec::new();
+    loop {
+        assert!(
+            clients.len() < HEADROOM as usize,
+            "{} clients and the server never hit EMFILE",
+            clients.len()
+        );
+        match client(server.addr) {
+            Ok(stream) => {
+                clients.push(stream);
+                let n = clients.len() as u64;
+                let stats = server.wait_stats("the accept or its failure", |s| {
+                    s.accepted == n || s.accept_errors >= 1
+                });
+                if stats.accept_errors >= 1 {
+                    assert_eq!(stats.accepted, n - 1, "{stats:?}");
+                    break;
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(EMFILE) => {
+                assert!(
+                    spares.pop().is_some(),
+                    "the client side keeps running out of descriptors first"
+                );
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // The last client waits in the kernel backlog; its request waits with it.
+    let mut parked = clients
+        .pop()
+        .expect("the client the server could not accept");
+    parked
+        .write_all(b"waited in the backlog")
+        .expect("write while in the backlog");
+    assert!(
+        clients.len() >= 12,
+        "only {} connections fit",
+        clients.len()
+    );
+
+    // No busy loop: while out of descriptors, accept is retried once per
+    // backoff. Observe ten retries: they cannot come faster than that, and
+    // the loop turns meanwhile only when a backoff ends (a spinning loop
+    // turns thousands of times; one that waits for an event instead never
+    // retries at all).
+    let start_stats = server.stats();
+    let started = Instant::now();
+    let retries = 10;
+    let end_stats = server.wait_stats("ten accept retries", |s| {
+        s.accept_errors >= start_stats.accept_errors + retries
+    });
+    let elapsed = started.elapsed();
+    let errors = end_stats.accept_errors - start_stats.accept_errors;
+    let turns = end_stats.turns - start_stats.turns;
+    eprintln!(
+        "{} connections fit; {errors} accept errors and {turns} turns in {elapsed:?}",
+        clients.len()
+    );
+    let min_elapsed = backoff * (retries as u32 - 2);
+    assert!(
+        elapsed >= min_elapsed,
+        "{errors} accept errors in {elapsed:?}: retries come faster than the {backoff:?} backoff"
+    );
+    let max_turns = 2 * (elapsed.as_millis() / backoff.as_millis()) as u64 + 5;
+    assert!(
+        turns <= max_turns,
+        "{turns} turns in {elapsed:?} (at most {max_turns} expected): the loop spins"
+    );
+    assert!(
+        errors <= retries + 2,
+        "{errors} errors after waiting for {retries}"
+    );
+    assert_eq!(
+        end_stats.accepted, start_stats.accepted,
+        "nothing can be accepted without descriptors"
+    );
+
+    // One descriptor comes free, no connection closes: the next retry
+    // (the backoff timer alone) accepts the parked client, which gets its
+    // echo.
+    drop(spares.pop().expect("a spare descriptor is left"));
+    let mut echo = [0; 21];
+    parked
+        .read_exact(&mut echo)
+        .expect("the parked client's echo");
+    assert_eq!(&echo, b"waited in the backlog");
+    let stats = server.stats();
+    assert_eq!(stats.accepted, start_stats.accepted + 1, "{stats:?}");
+    assert_eq!(stats.closed, 0, "{stats:?}");
+
+    // Connections close and free descriptors: new clients are served, each
+    // getting its whole echo and then EOF after its half-close.
+    let closing = 10;
+    drop(clients.drain(..closing));
+    let plans = vec![
+        Plan {
+            total: 64 * 1024,
+            message: u64::MAX,
+            half_close: true,
+        };
+        4
+    ];
+    let outcomes = run_echo_clients(server.addr, &plans);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert!(
+            outcome.is_exact(64 * 1024) && outcome.eof,
+            "new client {i}: {outcome:?}"
+        );
+    }
+    let stats = server.wait_stats("the closed clients' connections freed", |s| {
+        s.closed >= closing as u64 + 4
+    });
+    assert_eq!(stats.accepted, start_stats.accepted + 1 + 4, "{stats:?}");
+
+    // The connections held all along still work.
+    for (i, stream) in clients.iter_mut().enumerate() {
+        stream.write_all(b"still here").expect("write");
+        let mut back = [0; 10];
+        stream
+            .read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("held client {i}: {e}"));
+        assert_eq!(&back, b"still here");
+    }
+
+    drop(clients);
+    drop(parked);
+    drop(restore);
+    let (now_soft, now_hard) = rlimit::getrlimit(Resource::NOFILE).expect("getrlimit(NOFILE)");
+    assert_eq!((now_soft, now_hard), (soft, hard), "limit restored");
+    server.stop();
+}
