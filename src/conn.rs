@@ -123,12 +123,10 @@ mod tests {
     fn idle_connection_is_small() {
         // The per-connection memory target is 0.1 KiB: the slab entry is
         // the whole of it while a connection is idle.
-        assert!(std::mem::size_of::<slab::Slab<Conn>>() > 0);
-        assert!(
-            std::mem::size_of::<Conn>() <= 24,
-            "{}",
-            std::mem::size_of::<Conn>()
-        );
+        // mio adds an 8-byte selector id to each socket in debug builds.
+        let limit = if cfg!(debug_assertions) { 32 } else { 24 };
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= limit, "a connection's slab entry is {size} bytes");
     }
 
     #[test]
