@@ -1,0 +1,75 @@
+//! `EINTR` from `epoll_wait` is retried, never fatal: a signal delivered to
+//! the reactor's thread while it sleeps in `run` does not end the loop.
+//! Its own test binary: it installs a process-wide signal handler.
+
+mod common;
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{any_local_address, echo_once, wait_until};
+use tcp_reactor::{Config, ConnId, Context, Echo, Handler, Reactor};
+
+static SIGNALS_HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS_HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Echo, and stop the reactor when a client sends `stop`.
+struct StoppableEcho;
+
+impl Handler for StoppableEcho {
+    type Conn = ();
+
+    fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: std::net::SocketAddr) {}
+
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut (), data: &[u8]) -> usize {
+        if data == b"stop" {
+            cx.stop();
+            return data.len();
+        }
+        Echo.on_data(cx, id, conn, data)
+    }
+}
+
+#[test]
+fn signals_while_waiting_do_not_end_the_loop() {
+    // A handler without SA_RESTART: epoll_wait returns EINTR when it runs
+    // (epoll_wait is never restarted anyway, whatever the flags).
+    // SAFETY: `count_signal` only touches an atomic, which is
+    // async-signal-safe; the sigaction struct is fully initialised.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = count_signal as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
+    }
+
+    let mut reactor =
+        Reactor::bind(any_local_address(), Config::default(), StoppableEcho).expect("bind");
+    let addr = reactor.local_addr();
+    let stats = reactor.stats_reader();
+    // `run` with no timeout: between events the thread sleeps in epoll_wait.
+    let thread = std::thread::spawn(move || reactor.run());
+    assert_eq!(echo_once(addr, b"before"), b"before");
+    let turns_before = stats.get().turns;
+
+    for sent in 1..=100 {
+        // SAFETY: the thread has not been joined, so its pthread_t is valid.
+        let rc = unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+        assert_eq!(rc, 0, "pthread_kill");
+        wait_until("the signal handled", || SIGNALS_HANDLED.load(Ordering::SeqCst) >= sent);
+        assert!(!thread.is_finished(), "run() returned after signal {sent}");
+    }
+
+    // Still serving, and the interrupted waits were retried inside one turn
+    // rather than counted as turns with nothing to do.
+    assert_eq!(echo_once(addr, b"after"), b"after");
+    let turns = stats.get().turns - turns_before;
+    assert!(turns < 50, "{turns} turns for one exchange: EINTR counted as turns");
+    let mut stopper = common::connect(addr);
+    std::io::Write::write_all(&mut stopper, b"stop").expect("stop");
+    let result = thread.join().expect("reactor thread");
+    assert!(result.is_ok(), "run returned {result:?}");
+}
