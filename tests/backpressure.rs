@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Server, connect, echo_once, pattern, start};
+use common::{DEADLINE, Server, connect, echo_once, pattern_bytes, start};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -22,12 +22,6 @@ const QUIET: Duration = Duration::from_millis(25);
 /// Whole loop turns the server must run without moving a byte (and no
 /// client socket get an event) for the exchange to count as stalled.
 const IDLE_TURNS: u64 = 3;
-
-/// `len` pattern bytes of stream `seed`, precomputed so that writing and
-/// checking cost a copy and a compare rather than a `pattern` call per byte.
-fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| pattern(seed, i)).collect()
-}
 
 /// Bytes the kernel may buffer for one loopback connection whose client
 /// never reads: the client's send buffer and the server's receive and send

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, any_local_address, connect, start, wait_until};
+use common::{DEADLINE, any_local_address, connect, proc_addr, start, wait_until};
 use tcp_reactor::{Config, ConnId, Context, Echo, Error, Handler, Reactor};
 
 /// A handler that never gets a connection.
@@ -178,15 +178,6 @@ fn time_wait_on(local: SocketAddr) -> bool {
         let fields: Vec<&str> = line.split_whitespace().collect();
         fields.len() > 3 && fields[3] == TIME_WAIT && proc_addr(fields[1]) == Some(local)
     })
-}
-
-/// Parses `/proc/net/tcp`'s `0100007F:1F90`: the address as the raw
-/// network-order word printed in host order, then the port.
-fn proc_addr(text: &str) -> Option<SocketAddr> {
-    let (ip, port) = text.split_once(':')?;
-    let ip = u32::from_str_radix(ip, 16).ok()?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    Some(SocketAddr::from((ip.to_ne_bytes(), port)))
 }
 
 #[test]

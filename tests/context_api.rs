@@ -8,12 +8,13 @@ mod common;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
 
-use common::{DEADLINE, any_local_address, connect, pattern, read_to_eof, start};
+use common::{
+    DEADLINE, Reports, any_local_address, connect, pattern, read_to_eof, start, write_pattern,
+};
 use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler, Reactor, Stats};
 
 /// What a handler saw or did, reported to the test thread.
@@ -69,8 +70,8 @@ struct Probe {
 impl Probe {
     fn new(
         on_data: impl FnMut(&mut Context<'_>, ConnId, &[u8], &Tools<'_>) -> usize + Send + 'static,
-    ) -> (Probe, Reports) {
-        let (seen, reports) = Reports::new();
+    ) -> (Probe, ProbeReports) {
+        let (seen, reports) = ProbeReports::new();
         let probe = Probe {
             seen,
             closed: Vec::new(),
@@ -131,61 +132,29 @@ fn command(data: &[u8], word: &[u8]) -> Option<bool> {
     }
 }
 
-/// The test thread's end of the probe's reports. Reports a wait does not
-/// take are kept for later waits.
-struct Reports {
-    rx: Receiver<Seen>,
-    kept: Vec<Seen>,
-    /// Every `on_close` received so far, as (id, reason), taken or kept.
-    closes: Vec<(ConnId, String)>,
+/// The test thread's end of the probe's reports, with a log of the closes
+/// taken from them.
+struct ProbeReports {
+    reports: Reports<Seen>,
+    /// Every `on_close` taken by [`ProbeReports::close_reason`], as
+    /// (id, reason), in the order taken.
+    closes_taken: Vec<(ConnId, String)>,
 }
 
-impl Reports {
-    fn new() -> (Sender<Seen>, Reports) {
-        let (tx, rx) = mpsc::channel();
-        (
-            tx,
-            Reports {
-                rx,
-                kept: Vec::new(),
-                closes: Vec::new(),
-            },
-        )
+impl ProbeReports {
+    fn new() -> (Sender<Seen>, ProbeReports) {
+        let (tx, reports) = Reports::new();
+        let reports = ProbeReports {
+            reports,
+            closes_taken: Vec::new(),
+        };
+        (tx, reports)
     }
 
-    /// Waits (at most [`DEADLINE`]) for the first report `pick` takes
-    /// (`Ok`); reports it hands back (`Err`) are kept.
+    /// [`Reports::wait_for`] on the probe's reports.
     #[track_caller]
-    fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(Seen) -> Result<T, Seen>) -> T {
-        for i in 0..self.kept.len() {
-            let seen = self.kept.remove(i);
-            match pick(seen) {
-                Ok(found) => return found,
-                Err(seen) => self.kept.insert(i, seen),
-            }
-        }
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(seen) => match pick(self.logged(seen)) {
-                    Ok(found) => return found,
-                    Err(seen) => self.kept.push(seen),
-                },
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "timed out waiting for {what}; other reports: {:?}",
-                        self.kept
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "reactor gone while waiting for {what}; reports: {:?}",
-                        self.kept
-                    )
-                }
-            }
-        }
+    fn wait_for<T>(&mut self, what: &str, pick: impl FnMut(Seen) -> Result<T, Seen>) -> T {
+        self.reports.wait_for(what, pick)
     }
 
     /// The id the reactor gave `client`, matched by its local address;
@@ -226,6 +195,7 @@ impl Reports {
             Seen::Close(closed) if closed.id == id => Ok(closed),
             other => Err(other),
         });
+        self.closes_taken.push((id, format!("{reason:?}")));
         assert!(
             matches!(send, Err(Error::UnknownConnection(gone)) if gone == id),
             "send in on_close: {send:?}"
@@ -238,22 +208,14 @@ impl Reports {
         reason
     }
 
-    /// Notes a close in the log on its way in.
-    fn logged(&mut self, seen: Seen) -> Seen {
-        if let Seen::Close(closed) = &seen {
-            self.closes
-                .push((closed.id, format!("{:?}", closed.reason)));
-        }
-        seen
-    }
-
-    /// Every `on_close` reported so far, as (id, reason).
+    /// Every `on_close` reported so far, as (id, reason): those taken by
+    /// [`ProbeReports::close_reason`], then those not taken yet.
     fn closes_so_far(&mut self) -> Vec<(ConnId, String)> {
-        while let Ok(seen) = self.rx.try_recv() {
-            let seen = self.logged(seen);
-            self.kept.push(seen);
-        }
-        self.closes.clone()
+        let untaken = self.reports.untaken().iter().filter_map(|seen| match seen {
+            Seen::Close(closed) => Some((closed.id, format!("{:?}", closed.reason))),
+            _ => None,
+        });
+        self.closes_taken.iter().cloned().chain(untaken).collect()
     }
 }
 
@@ -278,21 +240,6 @@ fn read_until_end(client: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
             Err(e) => return (all, Err(e)),
         }
     }
-}
-
-/// Streams `total` bytes of pattern `seed` on a blocking socket.
-fn write_pattern(mut stream: TcpStream, seed: u64, total: u64) -> u64 {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut sent = 0u64;
-    while sent < total {
-        let n = (total - sent).min(buf.len() as u64) as usize;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = pattern(seed, sent + i as u64);
-        }
-        stream.write_all(&buf[..n]).expect("stream the pattern");
-        sent += n as u64;
-    }
-    sent
 }
 
 /// Reads exactly `total` bytes in `chunk`-byte reads and checks them

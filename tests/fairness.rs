@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Plan, pattern, run_echo_clients, start, wait_until};
+use common::{DEADLINE, Plan, pattern, run_echo_clients, start, wait_until, write_pattern};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use tcp_reactor::{Config, Echo};
@@ -248,18 +248,9 @@ fn tiny_buffers_with_a_stalled_reader_queue_then_drain_exactly() {
     let server = start(tiny_buffers(), Echo);
     let mut client = common::connect(server.addr);
     let writer = {
-        let mut stream = client.try_clone().expect("clone the client socket");
+        let stream = client.try_clone().expect("clone the client socket");
         thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut sent = 0u64;
-            while sent < total {
-                let n = (total - sent).min(buf.len() as u64) as usize;
-                for (i, b) in buf[..n].iter_mut().enumerate() {
-                    *b = pattern(77, sent + i as u64);
-                }
-                stream.write_all(&buf[..n]).expect("stream to the server");
-                sent += n as u64;
-            }
+            let sent = write_pattern(&stream, 77, total);
             stream
                 .shutdown(std::net::Shutdown::Write)
                 .expect("half-close");

@@ -8,11 +8,10 @@ mod common;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
 use std::thread;
-use std::time::Instant;
 
-use common::{DEADLINE, connect, pattern, read_to_eof, start};
+use common::{Reports, connect, pattern, read_to_eof, start, write_pattern};
 use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler};
 
 /// What a handler saw, reported to the test thread.
@@ -28,60 +27,8 @@ enum Seen {
     Close(ConnId, CloseReason),
 }
 
-/// The test thread's end of the handler's reports. Reports that do not
-/// match what a test waits for are kept for later waits.
-struct Reports {
-    rx: Receiver<Seen>,
-    kept: Vec<Seen>,
-}
-
-impl Reports {
-    fn new() -> (Sender<Seen>, Reports) {
-        let (tx, rx) = mpsc::channel();
-        (
-            tx,
-            Reports {
-                rx,
-                kept: Vec::new(),
-            },
-        )
-    }
-
-    /// Waits (at most [`DEADLINE`]) for the first report `pick` takes
-    /// (`Ok`); reports it hands back (`Err`) are kept for later waits.
-    #[track_caller]
-    fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(Seen) -> Result<T, Seen>) -> T {
-        for i in 0..self.kept.len() {
-            let seen = self.kept.remove(i);
-            match pick(seen) {
-                Ok(found) => return found,
-                Err(seen) => self.kept.insert(i, seen),
-            }
-        }
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(seen) => match pick(seen) {
-                    Ok(found) => return found,
-                    Err(seen) => self.kept.push(seen),
-                },
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "timed out waiting for {what}; other reports: {:?}",
-                        self.kept
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "reactor gone while waiting for {what}; reports: {:?}",
-                        self.kept
-                    )
-                }
-            }
-        }
-    }
-
+/// The waits the tests make on the handler's reports.
+impl Reports<Seen> {
     /// The id the reactor gave the client whose local address is `client`.
     #[track_caller]
     fn id_of(&mut self, client: &TcpStream) -> ConnId {
@@ -103,8 +50,7 @@ impl Reports {
 
     /// Whether `on_close` already ran for `id` (reports received so far).
     fn closed_yet(&mut self, id: ConnId) -> bool {
-        self.kept.extend(self.rx.try_iter());
-        self.kept
+        self.untaken()
             .iter()
             .any(|seen| matches!(seen, Seen::Close(closed, _) if *closed == id))
     }
@@ -278,17 +224,8 @@ fn client_half_close_gets_whole_echo_then_eof() {
 }
 
 /// Streams `total` pattern bytes, then half-closes; returns the count sent.
-fn send_then_half_close(mut stream: TcpStream, seed: u64, total: u64) -> u64 {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut sent = 0u64;
-    while sent < total {
-        let n = (total - sent).min(buf.len() as u64) as usize;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = pattern(seed, sent + i as u64);
-        }
-        stream.write_all(&buf[..n]).expect("stream the payload");
-        sent += n as u64;
-    }
+fn send_then_half_close(stream: TcpStream, seed: u64, total: u64) -> u64 {
+    let sent = write_pattern(&stream, seed, total);
     stream
         .shutdown(Shutdown::Write)
         .expect("half-close after the payload");

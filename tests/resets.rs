@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, connect, echo_once, pattern, start};
+use common::{DEADLINE, connect, echo_once, pattern, pattern_bytes, start};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -28,11 +28,6 @@ fn connect_nonblocking(addr: SocketAddr) -> TcpStream {
     let stream = connect(addr);
     stream.set_nonblocking(true).expect("non-blocking client");
     TcpStream::from_std(stream)
-}
-
-/// `len` pattern bytes of stream `seed`, computed once.
-fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| pattern(seed, i)).collect()
 }
 
 /// A client that keeps an echo exchange going, with at most [`WINDOW`]

@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, any_local_address, connect, wait_until};
+use common::{DEADLINE, any_local_address, connect, proc_addr, wait_until};
 use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler, Reactor};
 
 /// One `run_once` wait: short, so a condition that is not met yet is
@@ -61,15 +61,6 @@ fn unread_bytes(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
         let (_tx, rx) = fields[4].split_once(':')?;
         u64::from_str_radix(rx, 16).ok()
     })
-}
-
-/// Parses `/proc/net/tcp`'s `0100007F:1F90`: the address as the raw
-/// network-order word printed in host order, then the port.
-fn proc_addr(text: &str) -> Option<SocketAddr> {
-    let (ip, port) = text.split_once(':')?;
-    let ip = u32::from_str_radix(ip, 16).ok()?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    Some(SocketAddr::from((ip.to_ne_bytes(), port)))
 }
 
 /// Echoes, and on the first bytes it gets from any connection aborts the

@@ -1,14 +1,17 @@
 //! Helpers shared by the integration tests: a reactor on its own thread,
-//! bounded waits, and non-blocking echo clients that verify every byte.
+//! bounded waits, a handler's reports to the test thread, and non-blocking
+//! echo clients that verify every byte.
 //!
 //! Every wait here has a deadline; no test can hang, and none sleeps to
 //! synchronise: a wait polls the condition it is waiting for.
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::fmt::Debug;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream as StdStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,69 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The test thread's end of the reports a handler sends from the reactor's
+/// thread. Reports a wait does not take are kept for later waits.
+pub struct Reports<T> {
+    rx: Receiver<T>,
+    kept: Vec<T>,
+}
+
+impl<T: Debug> Reports<T> {
+    /// The handler's end and the test thread's end.
+    pub fn new() -> (Sender<T>, Reports<T>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            tx,
+            Reports {
+                rx,
+                kept: Vec::new(),
+            },
+        )
+    }
+
+    /// Waits (at most [`DEADLINE`]) for the first report `pick` takes
+    /// (`Ok`); reports it hands back (`Err`) are kept for later waits.
+    #[track_caller]
+    pub fn wait_for<R>(&mut self, what: &str, mut pick: impl FnMut(T) -> Result<R, T>) -> R {
+        for i in 0..self.kept.len() {
+            let report = self.kept.remove(i);
+            match pick(report) {
+                Ok(found) => return found,
+                Err(report) => self.kept.insert(i, report),
+            }
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(report) => match pick(report) {
+                    Ok(found) => return found,
+                    Err(report) => self.kept.push(report),
+                },
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "timed out waiting for {what}; other reports: {:?}",
+                        self.kept
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "reactor gone while waiting for {what}; reports: {:?}",
+                        self.kept
+                    )
+                }
+            }
+        }
+    }
+
+    /// Every report received so far and not taken by a wait, oldest first.
+    /// Does not wait.
+    pub fn untaken(&mut self) -> &[T] {
+        self.kept.extend(self.rx.try_iter());
+        &self.kept
     }
 }
 
@@ -133,6 +199,37 @@ pub fn read_to_eof(stream: &mut StdStream) -> io::Result<Vec<u8>> {
 pub fn pattern(seed: u64, offset: u64) -> u8 {
     let x = (offset ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (x >> 56) as u8
+}
+
+/// `len` pattern bytes of stream `seed`, computed once, so that writing and
+/// checking cost a copy and a compare rather than a `pattern` call per byte.
+pub fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern(seed, i)).collect()
+}
+
+/// Writes `total` bytes of pattern `seed` to a blocking socket (or anything
+/// else one writes to); returns the count written.
+pub fn write_pattern(mut out: impl Write, seed: u64, total: u64) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(buf.len() as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(seed, sent + i as u64);
+        }
+        out.write_all(&buf[..n]).expect("stream the pattern");
+        sent += n as u64;
+    }
+    sent
+}
+
+/// Parses `/proc/net/tcp`'s `0100007F:1F90`: the address as the raw
+/// network-order word printed in host order, then the port.
+pub fn proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let ip = u32::from_str_radix(ip, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::from((ip.to_ne_bytes(), port)))
 }
 
 /// FNV-1a over a stream, to compare what came back with what was sent.
