@@ -43,7 +43,10 @@ fn signals_while_waiting_do_not_end_the_loop() {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = count_signal as *const () as libc::sighandler_t;
         libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
     }
 
     let mut reactor =
@@ -59,7 +62,9 @@ fn signals_while_waiting_do_not_end_the_loop() {
         // SAFETY: the thread has not been joined, so its pthread_t is valid.
         let rc = unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
         assert_eq!(rc, 0, "pthread_kill");
-        wait_until("the signal handled", || SIGNALS_HANDLED.load(Ordering::SeqCst) >= sent);
+        wait_until("the signal handled", || {
+            SIGNALS_HANDLED.load(Ordering::SeqCst) >= sent
+        });
         assert!(!thread.is_finished(), "run() returned after signal {sent}");
     }
 
@@ -67,7 +72,10 @@ fn signals_while_waiting_do_not_end_the_loop() {
     // rather than counted as turns with nothing to do.
     assert_eq!(echo_once(addr, b"after"), b"after");
     let turns = stats.get().turns - turns_before;
-    assert!(turns < 50, "{turns} turns for one exchange: EINTR counted as turns");
+    assert!(
+        turns < 50,
+        "{turns} turns for one exchange: EINTR counted as turns"
+    );
     let mut stopper = common::connect(addr);
     std::io::Write::write_all(&mut stopper, b"stop").expect("stop");
     let result = thread.join().expect("reactor thread");
