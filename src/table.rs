@@ -262,8 +262,14 @@ impl ConnTable {
     pub(crate) fn close(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
             conn.flags |= flag::CLOSING | flag::SHUTDOWN_PENDING;
+            // Reading goes on, even if the handler had paused it: input is
+            // discarded from now on, but the peer's FIN must be seen.
+            conn.flags &= !flag::USER_PAUSED;
             if let Some(bufs) = conn.bufs.as_mut() {
                 bufs.input.clear();
+            }
+            if conn.wants_read() {
+                self.push_ready(id);
             }
             self.progress_shutdown(id);
         }

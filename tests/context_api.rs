@@ -494,6 +494,49 @@ fn data_sent_while_paused_is_delivered_after_resume_in_order() {
 }
 
 #[test]
+fn closing_a_paused_connection_still_reads_to_the_peers_fin() {
+    let mut paused: Vec<ConnId> = Vec::new();
+    // Echoes a connection's first bytes, then pauses it. A connection that
+    // sends CLOSE closes every paused one.
+    let (probe, mut reports) = Probe::new(move |cx, id, data, _| match command(data, b"CLOSE") {
+        Some(false) => 0,
+        Some(true) => {
+            for other in paused.drain(..) {
+                cx.close(other);
+            }
+            let _ = cx.send(id, b"closed");
+            b"CLOSE".len()
+        }
+        None => {
+            cx.pause_read(id);
+            paused.push(id);
+            echo(cx, id, data)
+        }
+    });
+    let server = start(Config::default(), probe);
+    let mut worker = connect(server.addr);
+    let id = reports.id_of(&worker);
+    round_trip(&mut worker, b"hello");
+    // Unread while paused; the close must discard it, not wait on it.
+    worker
+        .write_all(b"unread input")
+        .expect("write while paused");
+
+    let mut control = connect(server.addr);
+    control.write_all(b"CLOSE").expect("write CLOSE");
+    let mut ack = [0; 6];
+    control.read_exact(&mut ack).expect("CLOSE acknowledged");
+    assert_eq!(&ack, b"closed");
+
+    // The server's FIN arrives; then ours must be seen although the
+    // handler had paused reading.
+    let (rest, end) = read_until_end(&mut worker);
+    assert!(rest.is_empty() && end.is_ok(), "{rest:?} {end:?}");
+    worker.shutdown(Shutdown::Write).expect("client FIN");
+    assert!(matches!(reports.close_reason(id), CloseReason::Local));
+}
+
+#[test]
 fn abort_resets_the_peer_and_drops_queued_output() {
     const DUMP: usize = 8 * 1024 * 1024;
     let dump: Arc<[u8]> = (0..DUMP as u64).map(|i| pattern(4, i)).collect();
