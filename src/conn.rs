@@ -36,6 +36,10 @@ pub(crate) mod flag {
     pub(crate) const IN_READY_QUEUE: u16 = 1 << 9;
     /// Closed; the slot is freed (and `on_close` runs) at the end of the turn.
     pub(crate) const DEAD: u16 = 1 << 10;
+    /// Reading resumed (`resume_read`, or out of backpressure) while input
+    /// the handler left unconsumed is waiting: offer it again without
+    /// waiting for new bytes, which a request/response peer never sends.
+    pub(crate) const REOFFER: u16 = 1 << 11;
 
     /// Any of these stops reads.
     pub(crate) const NO_READ: u16 = READ_CLOSED | USER_PAUSED | BACKPRESSURED | DEAD;

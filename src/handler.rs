@@ -70,8 +70,9 @@ pub enum CloseReason {
     /// The peer sent FIN first; the reactor flushed what was queued, sent its
     /// own FIN and closed.
     PeerClosed,
-    /// The handler called [`Context::close`]: output was flushed, FIN sent
-    /// and the peer's FIN seen.
+    /// The handler closed first ([`Context::close`] or
+    /// [`Context::shutdown_write`]): output was flushed, FIN sent and the
+    /// peer's FIN seen.
     Local,
     /// The handler called [`Context::abort`]: queued output was dropped and
     /// the peer got a reset.

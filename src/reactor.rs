@@ -151,8 +151,9 @@ impl<H: Handler> Reactor<H> {
         let timeout = self.poll_timeout(timeout);
         self.stats_reader.publish(&self.table.stats);
         self.wait_for_events(timeout)?;
+        let carried = self.table.ready.len();
         self.dispatch_events();
-        self.serve_ready_queue();
+        self.serve_ready_queue(carried);
         self.accept_connections();
         self.finish_closes();
         if self.table.stop_requested {
@@ -249,7 +250,7 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// Queued output fell to the low water mark: tell the handler; reading
-    /// resumes in `read_connection`.
+    /// resumes (and unconsumed input is offered again) in `read_connection`.
     #[cold]
     fn drained(&mut self, id: ConnId) {
         if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
@@ -261,6 +262,7 @@ impl<H: Handler> Reactor<H> {
     /// Reads while the connection has data, nothing stops reading and the
     /// turn's budget lasts; one read per edge unless a read fills its buffer.
     fn read_connection(&mut self, id: ConnId) {
+        self.reoffer_input(id);
         let mut budget = self.config.reads_per_turn;
         loop {
             let Some(conn) = live_mut(&mut self.table.conns, id) else {
@@ -335,6 +337,42 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
+    /// Reading resumed with unconsumed input waiting: offer it again now,
+    /// since the peer may be waiting for an answer and send nothing more.
+    fn reoffer_input(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        if !conn.has(flag::REOFFER) {
+            return;
+        }
+        conn.flags &= !flag::REOFFER;
+        let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::CLOSING;
+        if conn.has_input() && !conn.has(stopped) {
+            let input = mem::take(&mut self.table.buffers(id).input);
+            self.offer_input(id, input);
+        }
+    }
+
+    /// Offers `input` (the connection's unconsumed bytes, taken out of its
+    /// buffer) to the handler and puts back what it did not consume.
+    #[cold]
+    #[inline(never)]
+    fn offer_input(&mut self, id: ConnId, mut input: Vec<u8>) {
+        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
+            let consumed = self
+                .handler
+                .on_data(&mut Context::new(&mut self.table), id, user, &input)
+                .min(input.len());
+            input.drain(..consumed);
+        }
+        // Put the leftover back unless the connection closed meanwhile.
+        if self.table.get(id).is_some_and(|c| !c.has(flag::CLOSING)) {
+            self.table.buffers(id).input = input;
+            self.table.release_buffers_if_empty(id);
+        }
+    }
+
     /// The slow path: bytes are already waiting, so read straight after them
     /// and offer the handler the whole run. Returns whether to read again.
     #[cold]
@@ -345,49 +383,37 @@ impl<H: Handler> Reactor<H> {
         input.resize(start + limit, 0);
         let conn = &mut self.table.conns[id.index()];
         let result = conn.stream.read(&mut input[start..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        input.truncate(start + n);
-        let mut again = true;
+        input.truncate(start + *result.as_ref().unwrap_or(&0));
         match result {
-            Ok(0) => again = false,
+            Ok(0) => {
+                self.table.buffers(id).input = input;
+                self.peer_eof(id);
+                false
+            }
             Ok(n) => {
                 self.table.stats.bytes_in += n as u64;
                 if n < limit && !conn.has(flag::DRAIN_TO_END) {
                     conn.flags &= !flag::READABLE;
                 }
-                if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
-                    let consumed = self
-                        .handler
-                        .on_data(&mut Context::new(&mut self.table), id, user, &input)
-                        .min(input.len());
-                    input.drain(..consumed);
+                self.offer_input(id, input);
+                true
+            }
+            Err(e) => {
+                self.table.buffers(id).input = input;
+                match e.kind() {
+                    io::ErrorKind::Interrupted => true,
+                    io::ErrorKind::WouldBlock => {
+                        let conn = &mut self.table.conns[id.index()];
+                        conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+                        false
+                    }
+                    _ => {
+                        self.table.fail(id, e);
+                        false
+                    }
                 }
             }
-            Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(ref e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
-                again = false;
-            }
-            Err(_) => again = false,
         }
-        // Put the leftover back unless the connection closed meanwhile.
-        if self.table.get(id).is_some_and(|c| !c.has(flag::CLOSING)) {
-            self.table.buffers(id).input = input;
-            self.table.release_buffers_if_empty(id);
-        }
-        match result {
-            Ok(0) => self.peer_eof(id),
-            Err(e)
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                self.table.fail(id, e);
-            }
-            _ => {}
-        }
-        again
     }
 
     /// The peer sent more than `max_input` that the handler would not
@@ -413,18 +439,24 @@ impl<H: Handler> Reactor<H> {
             self.table.progress_shutdown(id);
             return;
         }
-        conn.flags |= flag::PEER_CLOSED_FIRST;
+        if !conn.has(flag::SHUTDOWN_PENDING) {
+            conn.flags |= flag::PEER_CLOSED_FIRST;
+        }
         if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
             self.handler
                 .on_eof(&mut Context::new(&mut self.table), id, user);
         }
+        // Our FIN may already be out (`shutdown_write`): then both ways are
+        // closed and the connection is done.
+        self.table.progress_shutdown(id);
     }
 
     /// Step 4: connections whose read budget ran out last turn, or whose
-    /// reading resumed, are read now; the ones that join the queue during
-    /// this pass wait for the next turn.
-    fn serve_ready_queue(&mut self) {
-        for _ in 0..self.table.ready.len() {
+    /// reading resumed, are read now: the first `carried` of the queue, the
+    /// ones queued before this turn's events. Those queued during this turn
+    /// wait for the next, so no connection gets two budgets in one turn.
+    fn serve_ready_queue(&mut self, carried: usize) {
+        for _ in 0..carried {
             let Some(id) = self.table.ready.pop_front() else {
                 break;
             };
@@ -443,7 +475,11 @@ impl<H: Handler> Reactor<H> {
     /// `max_connections` and not paused by a resource error.
     fn accept_connections(&mut self) {
         let mut budget = self.config.accepts_per_turn;
-        while self.accept.pending && budget > 0 && self.below_max_connections() {
+        while self.accept.pending
+            && budget > 0
+            && self.below_max_connections()
+            && !self.table.stop_requested
+        {
             if let Some(until) = self.accept.paused_until {
                 if Instant::now() < until {
                     return;
@@ -486,14 +522,25 @@ impl<H: Handler> Reactor<H> {
             log::debug!("accept: {e}; skipped");
             return;
         }
+        self.pause_accepting("accept", &e);
+    }
+
+    /// Pauses accepting for `accept_backoff`, or until a connection closes.
+    #[cold]
+    fn pause_accepting(&mut self, op: &str, e: &io::Error) {
         let backoff = self.config.accept_backoff;
         if self.accept.warned {
-            log::debug!("accept: {e}; pausing accepts for {backoff:?}");
+            log::debug!("{op}: {e}; pausing accepts for {backoff:?}");
         } else {
-            log::warn!("accept: {e}; pausing accepts for {backoff:?} or until a connection closes");
+            log::warn!("{op}: {e}; pausing accepts for {backoff:?} or until a connection closes");
             self.accept.warned = true;
         }
-        self.accept.paused_until = Some(Instant::now() + backoff);
+        // A backoff too long to add to the clock means "until a close".
+        let now = Instant::now();
+        let until = now
+            .checked_add(backoff)
+            .unwrap_or_else(|| now + UNTIL_A_CLOSE);
+        self.accept.paused_until = Some(until);
     }
 
     /// Sets up an accepted socket and gives it to the handler.
@@ -517,7 +564,10 @@ impl<H: Handler> Reactor<H> {
             .registry()
             .register(&mut stream, id.token(), interest())
         {
-            log::warn!("epoll_ctl(ADD) for {peer}: {e}; connection dropped");
+            // ENOMEM or ENOSPC (max_user_watches): as short of resources as
+            // EMFILE, and accepting more would only fail the same way.
+            self.table.stats.accept_errors += 1;
+            self.pause_accepting(&format!("epoll_ctl(ADD) for {peer} (dropped)"), &e);
             return;
         }
         let inserted = self.table.insert(stream);
@@ -563,13 +613,23 @@ impl<H: Handler> Reactor<H> {
             .collect();
         for id in open {
             self.table.flush(id);
-            self.table.finish(id, CloseReason::Stopped);
+            if self.table.get(id).is_some_and(|c| c.queued_output() > 0) {
+                // Output that cannot be delivered: a reset tells the peer
+                // the stream is cut, where a FIN would pass it as complete.
+                self.table.drop_connection(id, CloseReason::Stopped);
+            } else {
+                self.table.finish(id, CloseReason::Stopped);
+            }
         }
         self.finish_closes();
         self.stopped = true;
         self.stats_reader.publish(&self.table.stats);
     }
 }
+
+/// The pause after a resource error when `accept_backoff` is too long to
+/// add to the clock: in effect, until a connection closes.
+const UNTIL_A_CLOSE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Readable and writable, plus urgent data where the OS reports it apart
 /// (Linux `EPOLLPRI`), so a read stopped short at the urgent mark is

@@ -111,27 +111,32 @@ impl ConnTable {
     /// does not take. A socket error closes the connection (reported through
     /// `on_close`) and is not an error of the send.
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let conn = self.get_mut(id).ok_or(Error::UnknownConnection(id))?;
+        let conn = live_mut(&mut self.conns, id).ok_or(Error::UnknownConnection(id))?;
         if conn.has(flag::NO_WRITE) {
             return Err(Error::WriteClosed(id));
         }
         let mut rest = data;
         if conn.bufs.as_ref().is_none_or(|b| b.queued_output() == 0) && !rest.is_empty() {
-            loop {
+            // Usually one write takes it all. After a partial write, try
+            // again until WouldBlock: only that promises a writable edge
+            // (Linux gives one after a partial write too; mio does not say so).
+            while !rest.is_empty() {
                 match conn.stream.write(rest) {
+                    Ok(0) => {
+                        self.fail(id, io::Error::from(io::ErrorKind::WriteZero));
+                        return Ok(());
+                    }
                     Ok(n) => {
                         self.stats.bytes_out += n as u64;
                         rest = &rest[n..];
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // Kernel buffer full: a writable edge will follow.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         self.fail(id, e);
                         return Ok(());
                     }
                 }
-                break;
             }
         }
         if rest.is_empty() {
@@ -245,12 +250,17 @@ impl ConnTable {
         let drained = conn.has(flag::BACKPRESSURED) && queued <= self.limits.low_water;
         if drained {
             conn.flags &= !flag::BACKPRESSURED;
+            if conn.has_input() {
+                conn.flags |= flag::REOFFER;
+            }
         }
         if queued == 0 {
             self.release_buffers_if_empty(id);
             self.progress_shutdown(id);
         }
-        drained
+        // The last flush of a closing connection may have finished it: no
+        // `on_drain` for a connection that is gone.
+        drained && self.get(id).is_some()
     }
 
     /// Graceful close: stop taking input, flush, FIN, wait for the peer's
@@ -304,7 +314,9 @@ impl ConnTable {
                 return;
             }
         }
-        if conn.has(flag::CLOSING) && conn.has(flag::READ_CLOSED) {
+        // FIN sent and FIN seen: nothing more can pass either way, whether
+        // the handler called `close` or `shutdown_write`.
+        if conn.has(flag::READ_CLOSED) {
             let reason = if conn.has(flag::PEER_CLOSED_FIRST) {
                 CloseReason::PeerClosed
             } else {
@@ -365,18 +377,29 @@ impl ConnTable {
         }
     }
 
+    /// Pauses reading, unless the connection is closing: a close reads on
+    /// to the peer's FIN, and pausing it would hold the slot forever.
     pub(crate) fn pause_read(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
-            conn.flags |= flag::USER_PAUSED;
+            if !conn.has(flag::CLOSING) {
+                conn.flags |= flag::USER_PAUSED;
+            }
         }
     }
 
-    /// Resumes reading; data that arrived while paused raised no new edge,
-    /// so the connection is read proactively next turn.
+    /// Resumes reading: input left unconsumed is offered again, and data
+    /// that arrived while paused (which raised no new edge) is read, on the
+    /// next turn.
     pub(crate) fn resume_read(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
+            if !conn.has(flag::USER_PAUSED) {
+                return;
+            }
             conn.flags &= !flag::USER_PAUSED;
-            if conn.wants_read() {
+            if conn.has_input() {
+                conn.flags |= flag::REOFFER;
+            }
+            if conn.wants_read() || conn.has(flag::REOFFER) {
                 self.push_ready(id);
             }
         }
