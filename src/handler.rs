@@ -25,8 +25,11 @@ pub trait Handler {
 
     /// Bytes arrived. `data` holds what the handler left unconsumed last
     /// time followed by the new bytes. Return how many bytes were consumed
-    /// (more than `data.len()` counts as all); the rest is kept and offered
-    /// again with the next bytes, up to [`Config::max_input`](crate::Config::max_input).
+    /// (more than `data.len()` counts as all); the rest is kept, up to
+    /// [`Config::max_input`](crate::Config::max_input), and offered again
+    /// with the next bytes, or without new bytes when reading resumes after
+    /// [`Context::pause_read`] or backpressure (a paused handler with a
+    /// pipelined request gets it back on `resume_read`).
     fn on_data(
         &mut self,
         cx: &mut Context<'_>,
@@ -38,7 +41,8 @@ pub trait Handler {
     /// The peer sent its FIN: no more bytes will arrive. The default closes
     /// gracefully: everything already sent is flushed, then FIN. A handler
     /// that still has things to say can send them first, or keep the
-    /// connection half-open and close later.
+    /// connection half-open and close later. Input it left unconsumed (an
+    /// unfinished frame) is dropped when the connection closes.
     fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
         let _ = conn;
         cx.close(id);

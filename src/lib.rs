@@ -75,9 +75,14 @@
 //!   generation: events and calls for a closed connection never reach the
 //!   connection that took its slot.
 //! - **Nothing accepted is lost.** What `on_data` did not consume is offered
-//!   again with the next bytes; what the kernel did not take is queued and
-//!   flushed; a graceful close ([`Context::close`], and the default
-//!   [`Handler::on_eof`]) flushes before its FIN.
+//!   again with the next bytes, and at once when reading resumes
+//!   ([`Context::resume_read`], or the end of backpressure); what the kernel
+//!   did not take is queued and flushed; a graceful close
+//!   ([`Context::close`], and the default [`Handler::on_eof`]) flushes
+//!   before its FIN and frees the slot once the peer's FIN is seen. A
+//!   stream cut short (by [`Context::abort`], a limit, or `stop` with output
+//!   still queued) ends with a reset, never with a FIN that would pass it
+//!   off as complete.
 //! - **Memory is bounded.** Reading from a connection stops while its queued
 //!   output is at [`Config::write_high_water`] and resumes at
 //!   [`Config::write_low_water`] (with [`Handler::on_drain`]); while output
