@@ -105,6 +105,8 @@
 //! | `config` | [`Config`]: defaults and the rules they keep |
 //! | `listener` | the listening socket, built with `socket2` |
 //! | `reactor` | [`Reactor`]: the loop, one turn at a time |
+//! | `reactor/read` | serving a connection's input: reads, leftovers, EOF |
+//! | `reactor/accept` | accepting: budgets, limits, the pause after `EMFILE` |
 //! | `table` | the slab of connections; send, flush, close |
 //! | `conn` | one connection's state and buffers |
 //! | `handler` | [`Handler`] and [`CloseReason`] |

@@ -1,0 +1,159 @@
+//! Accepting connections: budgets, `max_connections`, the pause after
+//! resource errors, and setting up each new socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::Interest;
+use mio::net::TcpStream;
+use socket2::SockRef;
+
+use crate::{Context, Handler};
+
+use super::Reactor;
+
+/// Where accepting stands. The listener is edge-triggered too: once told
+/// readable, we must accept until `WouldBlock` or we are never told again.
+#[derive(Debug, Default)]
+pub(super) struct AcceptState {
+    /// Connections may be waiting in the kernel backlog.
+    pub(super) pending: bool,
+    /// Accepting paused after a resource error (`EMFILE` ...) until then, or
+    /// until a connection closes and frees a descriptor.
+    pub(super) paused_until: Option<Instant>,
+    /// A resource error was logged at warn level in this episode; repeats
+    /// go to debug so a sustained `EMFILE` does not flood the logs.
+    warned: bool,
+}
+
+impl<H: Handler> Reactor<H> {
+    pub(super) fn below_max_connections(&self) -> bool {
+        self.table.conns.len() < self.config.max_connections
+    }
+
+    /// Step 5: accept within the turn's budget, while below
+    /// `max_connections` and not paused by a resource error.
+    pub(super) fn accept_connections(&mut self) {
+        let mut budget = self.config.accepts_per_turn;
+        while self.accept.pending
+            && budget > 0
+            && self.below_max_connections()
+            && !self.table.stop_requested
+        {
+            if let Some(until) = self.accept.paused_until {
+                if Instant::now() < until {
+                    return;
+                }
+                self.accept.paused_until = None;
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            budget -= 1;
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.accept.warned = false;
+                    self.open(stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.accept.pending = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.accept_failed(e),
+            }
+        }
+    }
+
+    /// A connection that vanished before `accept` is skipped; anything else
+    /// (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, the unforeseen) pauses
+    /// accepting for `accept_backoff`. Spinning on it would starve the very
+    /// connections whose closing frees descriptors (tokio-rs/tokio#4782);
+    /// returning it would kill the server for a peer's flood.
+    #[cold]
+    fn accept_failed(&mut self, e: io::Error) {
+        self.table.stats.accept_errors += 1;
+        let peer_gone = matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::NetworkDown
+        );
+        if peer_gone {
+            log::debug!("accept: {e}; skipped");
+            return;
+        }
+        self.pause_accepting("accept", &e);
+    }
+
+    /// Pauses accepting for `accept_backoff`, or until a connection closes.
+    #[cold]
+    fn pause_accepting(&mut self, op: &str, e: &io::Error) {
+        let backoff = self.config.accept_backoff;
+        if self.accept.warned {
+            log::debug!("{op}: {e}; pausing accepts for {backoff:?}");
+        } else {
+            log::warn!("{op}: {e}; pausing accepts for {backoff:?} or until a connection closes");
+            self.accept.warned = true;
+        }
+        // A backoff too long to add to the clock means "until a close".
+        let now = Instant::now();
+        let until = now
+            .checked_add(backoff)
+            .unwrap_or_else(|| now + UNTIL_A_CLOSE);
+        self.accept.paused_until = Some(until);
+    }
+
+    /// Sets up an accepted socket and gives it to the handler.
+    fn open(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if self.config.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("TCP_NODELAY for {peer}: {e}");
+            }
+        }
+        // Urgent data stays in the byte stream: no byte silently vanishes,
+        // and the reactor never needs MSG_OOB.
+        if let Err(e) = SockRef::from(&stream).set_out_of_band_inline(true) {
+            log::debug!("SO_OOBINLINE for {peer}: {e}");
+        }
+        let id = self.table.next_id();
+        // Registered once for everything, never re-registered: edge-triggered
+        // writable costs nothing while idle, and the hot path makes no
+        // epoll_ctl call.
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, id.token(), interest())
+        {
+            // ENOMEM or ENOSPC (max_user_watches): as short of resources as
+            // EMFILE, and accepting more would only fail the same way.
+            self.table.stats.accept_errors += 1;
+            self.pause_accepting(&format!("epoll_ctl(ADD) for {peer} (dropped)"), &e);
+            return;
+        }
+        let inserted = self.table.insert(stream);
+        debug_assert_eq!(inserted, id);
+        let index = id.index();
+        if self.user.len() <= index {
+            self.user.resize_with(index + 1, || None);
+        }
+        let state = self
+            .handler
+            .on_open(&mut Context::new(&mut self.table), id, peer);
+        self.user[index] = Some(state);
+    }
+}
+
+/// The pause after a resource error when `accept_backoff` is too long to
+/// add to the clock: in effect, until a connection closes.
+const UNTIL_A_CLOSE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Readable and writable, plus urgent data where the OS reports it apart
+/// (Linux `EPOLLPRI`), so a read stopped short at the urgent mark is
+/// finished rather than mistaken for drained.
+fn interest() -> Interest {
+    let both = Interest::READABLE | Interest::WRITABLE;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let both = both | Interest::PRIORITY;
+    both
+}

@@ -1,0 +1,215 @@
+//! Serving a connection's input: one read per edge, the handler's share,
+//! leftovers kept and offered again, the peer's FIN.
+
+use std::io::{self, Read};
+use std::mem;
+
+use crate::conn::flag;
+use crate::table::live_mut;
+use crate::{CloseReason, ConnId, Context, Handler};
+
+use super::Reactor;
+
+impl<H: Handler> Reactor<H> {
+    /// Queued output fell to the low water mark: tell the handler; reading
+    /// resumes (and unconsumed input is offered again) in `read_connection`.
+    #[cold]
+    pub(super) fn drained(&mut self, id: ConnId) {
+        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
+            self.handler
+                .on_drain(&mut Context::new(&mut self.table), id, user);
+        }
+    }
+
+    /// Reads while the connection has data, nothing stops reading and the
+    /// turn's budget lasts; one read per edge unless a read fills its buffer.
+    pub(super) fn read_connection(&mut self, id: ConnId) {
+        self.reoffer_input(id);
+        let mut budget = self.config.reads_per_turn;
+        loop {
+            let Some(conn) = live_mut(&mut self.table.conns, id) else {
+                return;
+            };
+            if !conn.wants_read() {
+                return;
+            }
+            if budget == 0 {
+                self.table.push_ready(id);
+                return;
+            }
+            budget -= 1;
+            let limits = self.table.limits;
+            let queued = conn.queued_output();
+            let out_room = limits.high_water.saturating_sub(queued);
+            let in_room = limits
+                .max_input
+                .saturating_sub(conn.bufs.as_ref().map_or(0, |b| b.input.len()));
+            let limit = limits.read_chunk.min(out_room).min(in_room);
+            if limit == 0 {
+                if in_room == 0 {
+                    self.input_overflow(id);
+                }
+                return;
+            }
+            if conn.has_input() {
+                if !self.read_after_leftover(id, limit) {
+                    return;
+                }
+                continue;
+            }
+            match conn.stream.read(&mut self.scratch[..limit]) {
+                Ok(0) => return self.peer_eof(id),
+                Ok(n) => {
+                    self.table.stats.bytes_in += n as u64;
+                    if n < limit && !conn.has(flag::DRAIN_TO_END) {
+                        // Short read: drained. Edge-triggered polling will
+                        // report bytes that arrive later; no read is spent
+                        // to see WouldBlock.
+                        conn.flags &= !flag::READABLE;
+                    }
+                    if !conn.has(flag::CLOSING) {
+                        self.deliver(id, n);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.table.fail(id, e),
+            }
+        }
+    }
+
+    /// Hands `scratch[..n]` to the handler and keeps what it did not consume.
+    fn deliver(&mut self, id: ConnId, n: usize) {
+        let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) else {
+            return;
+        };
+        let data = &self.scratch[..n];
+        let consumed = self
+            .handler
+            .on_data(&mut Context::new(&mut self.table), id, user, data)
+            .min(n);
+        if consumed < n && self.table.get(id).is_some_and(|c| !c.has(flag::CLOSING)) {
+            self.table
+                .buffers(id)
+                .input
+                .extend_from_slice(&data[consumed..]);
+        }
+    }
+
+    /// Reading resumed with unconsumed input waiting: offer it again now,
+    /// since the peer may be waiting for an answer and send nothing more.
+    fn reoffer_input(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        if !conn.has(flag::REOFFER) {
+            return;
+        }
+        conn.flags &= !flag::REOFFER;
+        let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::CLOSING;
+        if conn.has_input() && !conn.has(stopped) {
+            let input = mem::take(&mut self.table.buffers(id).input);
+            self.offer_input(id, input);
+        }
+    }
+
+    /// Offers `input` (the connection's unconsumed bytes, taken out of its
+    /// buffer) to the handler and puts back what it did not consume.
+    #[cold]
+    #[inline(never)]
+    fn offer_input(&mut self, id: ConnId, mut input: Vec<u8>) {
+        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
+            let consumed = self
+                .handler
+                .on_data(&mut Context::new(&mut self.table), id, user, &input)
+                .min(input.len());
+            input.drain(..consumed);
+        }
+        // Put the leftover back unless the connection closed meanwhile.
+        if self.table.get(id).is_some_and(|c| !c.has(flag::CLOSING)) {
+            self.table.buffers(id).input = input;
+            self.table.release_buffers_if_empty(id);
+        }
+    }
+
+    /// The slow path: bytes are already waiting, so read straight after them
+    /// and offer the handler the whole run. Returns whether to read again.
+    #[cold]
+    #[inline(never)]
+    fn read_after_leftover(&mut self, id: ConnId, limit: usize) -> bool {
+        let mut input = mem::take(&mut self.table.buffers(id).input);
+        let start = input.len();
+        input.resize(start + limit, 0);
+        let conn = &mut self.table.conns[id.index()];
+        let result = conn.stream.read(&mut input[start..]);
+        input.truncate(start + *result.as_ref().unwrap_or(&0));
+        match result {
+            Ok(0) => {
+                self.table.buffers(id).input = input;
+                self.peer_eof(id);
+                false
+            }
+            Ok(n) => {
+                self.table.stats.bytes_in += n as u64;
+                if n < limit && !conn.has(flag::DRAIN_TO_END) {
+                    conn.flags &= !flag::READABLE;
+                }
+                self.offer_input(id, input);
+                true
+            }
+            Err(e) => {
+                self.table.buffers(id).input = input;
+                match e.kind() {
+                    io::ErrorKind::Interrupted => true,
+                    io::ErrorKind::WouldBlock => {
+                        let conn = &mut self.table.conns[id.index()];
+                        conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+                        false
+                    }
+                    _ => {
+                        self.table.fail(id, e);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer sent more than `max_input` that the handler would not
+    /// consume: its fault, so its connection alone is closed.
+    #[cold]
+    fn input_overflow(&mut self, id: ConnId) {
+        log::debug!(
+            "conn {id}: more than {} bytes of unconsumed input",
+            self.table.limits.max_input
+        );
+        self.table.stats.limit_closes += 1;
+        self.table.drop_connection(id, CloseReason::InputLimit);
+    }
+
+    /// `read` returned 0: the peer's FIN.
+    fn peer_eof(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        conn.flags |= flag::READ_CLOSED;
+        conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+        if conn.has(flag::CLOSING) {
+            self.table.progress_shutdown(id);
+            return;
+        }
+        if !conn.has(flag::SHUTDOWN_PENDING) {
+            conn.flags |= flag::PEER_CLOSED_FIRST;
+        }
+        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
+            self.handler
+                .on_eof(&mut Context::new(&mut self.table), id, user);
+        }
+        // Our FIN may already be out (`shutdown_write`): then both ways are
+        // closed and the connection is done.
+        self.table.progress_shutdown(id);
+    }
+}
