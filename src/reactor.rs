@@ -233,10 +233,15 @@ impl<H: Handler> Reactor<H> {
                 return;
             }
         }
+        let queued_to_read = conn.has(flag::IN_READY_QUEUE);
         if event.is_writable() && conn.queued_output() > 0 && self.table.flush(id) {
             self.drained(id);
         }
-        self.read_connection(id);
+        // A connection already in the ready queue is read from there: one
+        // read budget per turn, however it became ready.
+        if !queued_to_read {
+            self.read_connection(id);
+        }
     }
 
     /// Step 4: connections whose read budget ran out last turn, or whose

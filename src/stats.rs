@@ -25,7 +25,8 @@ pub struct Stats {
     /// reading from it stopped.
     pub backpressure_pauses: u64,
     /// Failed `accept` calls: resource errors (`EMFILE` ...) that paused
-    /// accepting, and connections aborted before they were accepted.
+    /// accepting, and connections aborted before they were accepted; also
+    /// accepted sockets dropped because `epoll_ctl` could not register them.
     pub accept_errors: u64,
     /// Output bytes queued in user space now, over all connections (bytes
     /// the kernel would not take yet).

@@ -250,7 +250,7 @@ impl ConnTable {
         let drained = conn.has(flag::BACKPRESSURED) && queued <= self.limits.low_water;
         if drained {
             conn.flags &= !flag::BACKPRESSURED;
-            if conn.has_input() {
+            if conn.has_input() && !conn.has(flag::READ_CLOSED) {
                 conn.flags |= flag::REOFFER;
             }
         }
@@ -258,9 +258,9 @@ impl ConnTable {
             self.release_buffers_if_empty(id);
             self.progress_shutdown(id);
         }
-        // The last flush of a closing connection may have finished it: no
-        // `on_drain` for a connection that is gone.
-        drained && self.get(id).is_some()
+        // No `on_drain` ("produce more") for a connection that can take no
+        // more: closing, shut down for writing, or finished by this flush.
+        drained && self.get(id).is_some_and(|c| !c.has(flag::NO_WRITE))
     }
 
     /// Graceful close: stop taking input, flush, FIN, wait for the peer's
@@ -396,7 +396,7 @@ impl ConnTable {
                 return;
             }
             conn.flags &= !flag::USER_PAUSED;
-            if conn.has_input() {
+            if conn.has_input() && !conn.has(flag::READ_CLOSED) {
                 conn.flags |= flag::REOFFER;
             }
             if conn.wants_read() || conn.has(flag::REOFFER) {

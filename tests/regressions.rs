@@ -341,3 +341,491 @@ mod stop {
         }
     }
 }
+
+// Found in the second review: "one read budget per turn". `serve_ready_queue` serves the
+// entries carried from the previous turn, but a carried connection that
+// also has an event this turn is read in dispatch (one budget) and then
+// again from the queue (a second budget), contrary to the comment "no
+// connection gets two budgets in one turn".
+mod one_read_budget_per_turn {
+    use std::io::Write;
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use crate::common::{DEADLINE, any_local_address};
+    use tcp_reactor::{Config, ConnId, Context, Handler, Reactor};
+
+    const CHUNK: usize = 16;
+
+    /// Consumes everything, answers nothing.
+    struct Sink;
+
+    impl Handler for Sink {
+        type Conn = ();
+        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_data(
+            &mut self,
+            _cx: &mut Context<'_>,
+            _id: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
+            data.len()
+        }
+    }
+
+    /// Runs turns (each with a short cap on its wait) until `done`, failing
+    /// after DEADLINE; returns the bytes read by each turn that read any.
+    fn turns_until(
+        reactor: &mut Reactor<Sink>,
+        mut done: impl FnMut(&Reactor<Sink>) -> bool,
+    ) -> Vec<u64> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut per_turn = Vec::new();
+        while !done(reactor) {
+            assert!(Instant::now() < deadline, "timed out driving the reactor");
+            let before = reactor.stats().bytes_in;
+            reactor
+                .run_once(Some(Duration::from_millis(5)))
+                .expect("run_once");
+            let read = reactor.stats().bytes_in - before;
+            if read > 0 {
+                per_turn.push(read);
+            }
+        }
+        per_turn
+    }
+
+    #[test]
+    fn a_carried_connection_with_a_new_event_gets_one_budget_per_turn() {
+        let config = Config::default().reads_per_turn(1).read_chunk(CHUNK);
+        let mut reactor = Reactor::bind(any_local_address(), config, Sink).expect("bind");
+        let mut client = std::net::TcpStream::connect(reactor.local_addr()).expect("connect");
+        turns_until(&mut reactor, |r| r.stats().accepted == 1);
+
+        // 4 chunks: the first turn reads one and carries the connection over.
+        client.write_all(&[1; 4 * CHUNK]).expect("write");
+        let mut per_turn = turns_until(&mut reactor, |r| r.stats().bytes_in > 0);
+        // New bytes raise a new edge while the connection is still queued.
+        client.write_all(&[2; 4 * CHUNK]).expect("write more");
+        per_turn.extend(turns_until(&mut reactor, |r| {
+            r.stats().bytes_in == 8 * CHUNK as u64
+        }));
+        assert!(
+            per_turn.iter().all(|&n| n <= CHUNK as u64),
+            "with reads_per_turn 1 and read_chunk {CHUNK}, some turn read more than one \
+             chunk from the one connection: bytes per turn {per_turn:?}"
+        );
+    }
+}
+
+// Found in the second review: `on_drain` ("reading has resumed and the handler may produce
+// more") still runs for a connection the handler already closed, as long
+// as the peer's FIN has not arrived: the fix only skips finished ones.
+mod no_drain_for_a_closing_connection {
+    use std::io::Read;
+    use std::net::SocketAddr;
+    use std::sync::mpsc::Sender;
+
+    use crate::common::{Reports, connect, start};
+    use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler};
+
+    const REPLY: usize = 12 * 1024 * 1024;
+
+    #[derive(Debug)]
+    enum Seen {
+        /// `send(id, b"x")` from inside `on_drain`.
+        Drain(String),
+        Close(#[allow(dead_code)] String),
+    }
+
+    /// Greets with a big reply and closes at once (flush, then FIN).
+    struct GreetAndClose {
+        seen: Sender<Seen>,
+    }
+
+    impl Handler for GreetAndClose {
+        type Conn = ();
+
+        fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+            cx.send(id, &vec![5u8; REPLY]).expect("under max_output");
+            cx.close(id);
+        }
+
+        fn on_data(
+            &mut self,
+            _cx: &mut Context<'_>,
+            _id: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
+            data.len()
+        }
+
+        fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+            let probe = match cx.send(id, b"x") {
+                Ok(()) => "Ok".to_string(),
+                Err(Error::WriteClosed(_)) => "WriteClosed".to_string(),
+                Err(Error::UnknownConnection(_)) => "UnknownConnection".to_string(),
+                Err(other) => format!("{other:?}"),
+            };
+            let _ = self.seen.send(Seen::Drain(probe));
+        }
+
+        fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+            let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
+        }
+    }
+
+    #[test]
+    fn on_drain_is_not_called_for_a_connection_the_handler_closed() {
+        let (tx, mut reports) = Reports::new();
+        let server = start(Config::default(), GreetAndClose { seen: tx });
+        let mut client = connect(server.addr);
+        server.wait_stats("the greeting backpressured", |s| s.backpressure_pauses > 0);
+        // Read everything up to the server's FIN, without sending ours yet: the
+        // connection is closing, alive, and fully drained.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("greeting then FIN");
+        assert_eq!(got.len(), REPLY);
+        drop(client); // now our FIN: the server finishes the close
+        reports.wait_for("on_close", |s| match s {
+            Seen::Close(reason) => Ok(reason),
+            other => Err(other),
+        });
+        let drains: Vec<String> = reports
+            .untaken()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Drain(probe) => Some(probe.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            drains.is_empty(),
+            "on_drain ran after close(); a send from it got {drains:?}"
+        );
+    }
+}
+
+// Found in the second review: a peer that sends exactly `max_input` bytes, which the handler
+// holds unconsumed, is closed with `InputLimit` although it sent no more.
+// The read that fills `in_room` exactly keeps READABLE set (n == limit),
+// and the next loop pass sees `in_room == 0` and calls it an overflow
+// without checking that anything more is waiting.
+mod exactly_max_input_is_not_an_overflow {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::sync::mpsc::Sender;
+
+    use crate::common::{Reports, connect, start};
+    use tcp_reactor::{CloseReason, Config, ConnId, Context, Handler};
+
+    const MAX_INPUT: usize = 10;
+
+    #[derive(Debug)]
+    enum Seen {
+        Held(usize),
+        Close(String),
+    }
+
+    /// Holds everything on a connection whose data starts with `H` (an
+    /// unfinished frame); echoes anything else.
+    struct Holder {
+        seen: Sender<Seen>,
+    }
+
+    impl Handler for Holder {
+        type Conn = ();
+
+        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+
+        fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+            if data.first() == Some(&b'H') {
+                let _ = self.seen.send(Seen::Held(data.len()));
+                return 0;
+            }
+            let _ = cx.send(id, data);
+            data.len()
+        }
+
+        fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+            let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
+        }
+    }
+
+    #[test]
+    fn exactly_max_input_unconsumed_bytes_is_not_an_overflow() {
+        let (tx, mut reports) = Reports::new();
+        let server = start(Config::default().max_input(MAX_INPUT), Holder { seen: tx });
+        let mut holder = connect(server.addr);
+        holder
+            .write_all(b"H123456789")
+            .expect("write max_input bytes"); // 10 bytes
+        let held = reports.wait_for("the bytes held", |s| match s {
+            Seen::Held(n) if n == MAX_INPUT => Ok(n),
+            other => Err(other),
+        });
+        assert_eq!(held, MAX_INPUT);
+        // Sync: a connection opened now is read no earlier than the turn after
+        // the one that read the holder, whose closes (if any) ran at its end.
+        let mut probe = connect(server.addr);
+        probe.write_all(b"ping").expect("probe write");
+        let mut pong = [0; 4];
+        probe.read_exact(&mut pong).expect("probe echo");
+        let closes: Vec<String> = reports
+            .untaken()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Close(reason) => Some(reason.clone()),
+                _ => None,
+            })
+            .collect();
+        let stats = server.stats();
+        assert!(
+            closes.is_empty(),
+            "the peer sent exactly max_input ({MAX_INPUT}) bytes and nothing more, \
+             yet was closed: {closes:?} ({stats:?})"
+        );
+    }
+}
+
+// Found in the second review: the REOFFER fix re-offers unconsumed input after the peer's
+// FIN was read and `on_eof` ran, so `on_data` runs after `on_eof` ("no more
+// bytes will arrive") with bytes the handler already saw and left.
+mod no_data_after_eof {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr};
+    use std::sync::mpsc::Sender;
+
+    use crate::common::{Reports, connect, start};
+    use tcp_reactor::{CloseReason, Config, ConnId, Context, Handler};
+
+    #[derive(Debug)]
+    enum Seen {
+        /// `on_data`: the bytes offered, and whether `on_eof` had already run.
+        Data {
+            data: Vec<u8>,
+            after_eof: bool,
+        },
+        Eof,
+        Drain,
+        Close(String),
+    }
+
+    /// Consumes whole lines only (a trailing partial line is left unconsumed).
+    fn whole_lines(data: &[u8]) -> usize {
+        data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+    }
+
+    mod drain {
+        use super::*;
+
+        /// Well over what the kernel buffers: the reply backpressures.
+        const REPLY: usize = 12 * 1024 * 1024;
+
+        /// A server that answers the peer's FIN with a big reply, keeping the
+        /// connection half-open until the reply drained, then stops.
+        struct BigReplyOnEof {
+            seen: Sender<Seen>,
+        }
+
+        impl Handler for BigReplyOnEof {
+            /// `on_eof` ran.
+            type Conn = bool;
+
+            fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) -> bool {
+                false
+            }
+
+            fn on_data(
+                &mut self,
+                _cx: &mut Context<'_>,
+                _id: ConnId,
+                eof: &mut bool,
+                data: &[u8],
+            ) -> usize {
+                let _ = self.seen.send(Seen::Data {
+                    data: data.to_vec(),
+                    after_eof: *eof,
+                });
+                whole_lines(data)
+            }
+
+            fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, eof: &mut bool) {
+                *eof = true;
+                let _ = self.seen.send(Seen::Eof);
+                cx.send(id, &vec![b'r'; REPLY]).expect("under max_output");
+            }
+
+            fn on_drain(&mut self, cx: &mut Context<'_>, _id: ConnId, _eof: &mut bool) {
+                let _ = self.seen.send(Seen::Drain);
+                // The end of this turn is the sync point: any re-offer of this
+                // turn has been reported before on_close (Stopped).
+                cx.stop();
+            }
+
+            fn on_close(
+                &mut self,
+                _cx: &mut Context<'_>,
+                _id: ConnId,
+                _: bool,
+                reason: CloseReason,
+            ) {
+                let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
+            }
+        }
+
+        #[test]
+        fn input_left_at_eof_is_not_offered_again_when_the_reply_drains() {
+            let (tx, mut reports) = Reports::new();
+            let server = start(Config::default(), BigReplyOnEof { seen: tx });
+            let mut client = connect(server.addr);
+            client.write_all(b"line\npartial").expect("write");
+            client.shutdown(Shutdown::Write).expect("client FIN");
+            reports.wait_for("on_eof", |s| match s {
+                Seen::Eof => Ok(()),
+                other => Err(other),
+            });
+            server.wait_stats("the reply backpressured", |s| s.backpressure_pauses > 0);
+            // Read the reply (the stop may cut its last bytes with a reset).
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got);
+            reports.wait_for("on_close", |s| match s {
+                Seen::Close(reason) => Ok(reason),
+                other => Err(other),
+            });
+            let after_eof: Vec<String> = reports
+                .untaken()
+                .iter()
+                .filter_map(|s| match s {
+                    Seen::Data {
+                        data,
+                        after_eof: true,
+                    } => Some(String::from_utf8_lossy(data).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                reports.untaken().iter().any(|s| matches!(s, Seen::Drain)),
+                "no on_drain: the test proves nothing; reports: {:?}",
+                reports.untaken()
+            );
+            assert!(
+                after_eof.is_empty(),
+                "on_data ran after on_eof with input the handler had already left: {after_eof:?}; \
+                 all reports: {:?}",
+                reports.untaken()
+            );
+        }
+    }
+
+    mod resume {
+        use super::*;
+
+        /// Pauses a connection in `on_eof` (say, a server that pauses every
+        /// connection while busy); a connection sending `RESUME` resumes every
+        /// paused one, and one sending `STOP` stops the reactor.
+        struct PauseOnEof {
+            seen: Sender<Seen>,
+            paused: Vec<ConnId>,
+        }
+
+        impl Handler for PauseOnEof {
+            type Conn = bool;
+
+            fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) -> bool {
+                false
+            }
+
+            fn on_data(
+                &mut self,
+                cx: &mut Context<'_>,
+                id: ConnId,
+                eof: &mut bool,
+                data: &[u8],
+            ) -> usize {
+                if data.starts_with(b"RESUME") {
+                    for other in self.paused.drain(..) {
+                        cx.resume_read(other);
+                    }
+                    let _ = cx.send(id, b"ok");
+                    return data.len();
+                }
+                if data.starts_with(b"STOP") {
+                    cx.stop();
+                    return data.len();
+                }
+                let _ = self.seen.send(Seen::Data {
+                    data: data.to_vec(),
+                    after_eof: *eof,
+                });
+                whole_lines(data)
+            }
+
+            fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, eof: &mut bool) {
+                *eof = true;
+                let _ = self.seen.send(Seen::Eof);
+                cx.pause_read(id);
+                self.paused.push(id);
+            }
+
+            fn on_close(
+                &mut self,
+                _cx: &mut Context<'_>,
+                _id: ConnId,
+                _: bool,
+                reason: CloseReason,
+            ) {
+                let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
+            }
+        }
+
+        #[test]
+        fn input_left_at_eof_is_not_offered_again_on_resume() {
+            let (tx, mut reports) = Reports::new();
+            let server = start(
+                Config::default(),
+                PauseOnEof {
+                    seen: tx,
+                    paused: Vec::new(),
+                },
+            );
+            let mut worker = connect(server.addr);
+            worker.write_all(b"line\npartial").expect("write");
+            worker.shutdown(Shutdown::Write).expect("worker FIN");
+            reports.wait_for("on_eof", |s| match s {
+                Seen::Eof => Ok(()),
+                other => Err(other),
+            });
+            let mut control = connect(server.addr);
+            control.write_all(b"RESUME").expect("RESUME");
+            let mut ok = [0; 2];
+            control.read_exact(&mut ok).expect("RESUME acknowledged");
+            // The resumed connection is served in the turn after RESUME's; STOP
+            // is read no earlier than that turn's dispatch, and the stop takes
+            // effect at its end, after the ready queue was served.
+            control.write_all(b"STOP").expect("STOP");
+            reports.wait_for("on_close", |s| match s {
+                Seen::Close(reason) => Ok(reason),
+                other => Err(other),
+            });
+            let after_eof: Vec<String> = reports
+                .untaken()
+                .iter()
+                .filter_map(|s| match s {
+                    Seen::Data {
+                        data,
+                        after_eof: true,
+                    } => Some(String::from_utf8_lossy(data).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                after_eof.is_empty(),
+                "on_data ran after on_eof (resume_read re-offered): {after_eof:?}; all reports: {:?}",
+                reports.untaken()
+            );
+        }
+    }
+}

@@ -47,7 +47,7 @@ impl<H: Handler> Reactor<H> {
             let limit = limits.read_chunk.min(out_room).min(in_room);
             if limit == 0 {
                 if in_room == 0 {
-                    self.input_overflow(id);
+                    self.input_full(id);
                 }
                 return;
             }
@@ -109,7 +109,8 @@ impl<H: Handler> Reactor<H> {
             return;
         }
         conn.flags &= !flag::REOFFER;
-        let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::CLOSING;
+        // After the peer's FIN, `on_eof` has said the last word on input.
+        let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::CLOSING | flag::READ_CLOSED;
         if conn.has_input() && !conn.has(stopped) {
             let input = mem::take(&mut self.table.buffers(id).input);
             self.offer_input(id, input);
@@ -175,6 +176,24 @@ impl<H: Handler> Reactor<H> {
                     }
                 }
             }
+        }
+    }
+
+    /// The handler holds `max_input` unconsumed bytes. Only a byte more is
+    /// an overflow: peek for one (the last read may have taken exactly the
+    /// room left, and then nothing more may come).
+    #[cold]
+    fn input_full(&mut self, id: ConnId) {
+        let conn = &mut self.table.conns[id.index()];
+        match conn.stream.peek(&mut [0]) {
+            Ok(0) => self.peer_eof(id),
+            Ok(_) => self.input_overflow(id),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+            }
+            // Still readable: the caller's next pass peeks again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.table.push_ready(id),
+            Err(e) => self.table.fail(id, e),
         }
     }
 
