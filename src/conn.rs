@@ -6,6 +6,8 @@
 
 use mio::net::TcpStream;
 
+use crate::ConnId;
+
 /// State bits of a connection. A `u16` rather than a dozen `bool`s keeps the
 /// slab entry small (see `idle_connection_is_small`).
 pub(crate) mod flag {
@@ -116,6 +118,17 @@ impl Conn {
     /// An edge said readable and nothing stops reading.
     pub(crate) fn wants_read(&self) -> bool {
         self.has(flag::READABLE) && !self.has(flag::NO_READ)
+    }
+
+    /// A read saw `WouldBlock` or EOF: nothing is left until the next edge.
+    pub(crate) fn mark_drained(&mut self) {
+        self.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+    }
+
+    /// Whether this is the live connection `id` names: the same tenant of
+    /// the slot, and not closed.
+    pub(crate) fn is(&self, id: ConnId) -> bool {
+        self.generation == id.generation() && !self.has(flag::DEAD)
     }
 }
 

@@ -98,9 +98,7 @@ impl ConnTable {
     /// The live connection with this id: not closed, not another tenant of
     /// its slot.
     pub(crate) fn get(&self, id: ConnId) -> Option<&Conn> {
-        self.conns
-            .get(id.index())
-            .filter(|c| c.generation == id.generation() && !c.has(flag::DEAD))
+        self.conns.get(id.index()).filter(|c| c.is(id))
     }
 
     pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -120,24 +118,13 @@ impl ConnTable {
             // Usually one write takes it all. After a partial write, try
             // again until WouldBlock: only that promises a writable edge
             // (Linux gives one after a partial write too; mio does not say so).
-            while !rest.is_empty() {
-                match conn.stream.write(rest) {
-                    Ok(0) => {
-                        self.fail(id, io::Error::from(io::ErrorKind::WriteZero));
-                        return Ok(());
-                    }
-                    Ok(n) => {
-                        self.stats.bytes_out += n as u64;
-                        rest = &rest[n..];
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        self.fail(id, e);
-                        return Ok(());
-                    }
-                }
+            let (written, error) = write_until_blocked(&mut conn.stream, rest);
+            self.stats.bytes_out += written as u64;
+            if let Some(e) = error {
+                self.fail(id, e);
+                return Ok(());
             }
+            rest = &rest[written..];
         }
         if rest.is_empty() {
             return Ok(());
@@ -215,26 +202,9 @@ impl ConnTable {
         let Some(bufs) = conn.bufs.as_mut() else {
             return false;
         };
-        let mut written = 0;
-        let mut error = None;
-        while bufs.queued_output() > 0 {
-            match conn.stream.write(&bufs.output[bufs.output_start..]) {
-                Ok(0) => {
-                    error = Some(io::Error::from(io::ErrorKind::WriteZero));
-                    break;
-                }
-                Ok(n) => {
-                    bufs.output_start += n;
-                    written += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
+        let (written, error) =
+            write_until_blocked(&mut conn.stream, &bufs.output[bufs.output_start..]);
+        bufs.output_start += written;
         let queued = bufs.queued_output();
         if queued == 0 {
             bufs.output.clear();
@@ -425,7 +395,23 @@ impl ConnTable {
 /// The live connection with this id, borrowing only the slab (so the caller
 /// can still reach the table's other fields).
 pub(crate) fn live_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
-    conns
-        .get_mut(id.index())
-        .filter(|c| c.generation == id.generation() && !c.has(flag::DEAD))
+    conns.get_mut(id.index()).filter(|c| c.is(id))
+}
+
+/// Writes `data` until all of it is taken or the kernel is full
+/// (`WouldBlock`, which promises a writable edge). Returns the bytes written
+/// and the socket error that stopped it, if any.
+#[inline]
+fn write_until_blocked(stream: &mut TcpStream, data: &[u8]) -> (usize, Option<io::Error>) {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    (written, None)
 }

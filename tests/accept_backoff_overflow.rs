@@ -10,30 +10,17 @@ mod common;
 
 use std::fs::File;
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{any_local_address, wait_until};
+use common::{start, wait_until};
 use rlimit::Resource;
-use tcp_reactor::{Config, Echo, Reactor};
+use tcp_reactor::{Config, Echo};
 
 #[test]
 fn a_huge_accept_backoff_does_not_panic_on_emfile() {
     let config = Config::default().accept_backoff(Duration::MAX);
     config.validate().expect("Duration::MAX passes validate");
-    let mut reactor = Reactor::bind(any_local_address(), config, Echo).expect("bind");
-    let addr = reactor.local_addr();
-    let stats = reactor.stats_reader();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        while !stop_flag.load(Ordering::Relaxed) {
-            reactor
-                .run_once(Some(Duration::from_millis(5)))
-                .expect("run_once");
-        }
-    });
+    let server = start(config, Echo);
 
     let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).expect("getrlimit");
     let in_use = std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64;
@@ -45,18 +32,15 @@ fn a_huge_accept_backoff_does_not_panic_on_emfile() {
         spares.push(file);
     }
     spares.pop();
-    let client = TcpStream::connect(addr);
+    let client = TcpStream::connect(server.addr);
     wait_until("the accept to fail or the reactor to die", || {
-        thread.is_finished() || stats.get().accept_errors > 0
+        !server.is_running() || server.stats().accept_errors > 0
     });
     drop(spares);
     rlimit::setrlimit(Resource::NOFILE, soft, hard).expect("restore the limit");
-    let died = thread.is_finished();
-    stop.store(true, Ordering::Relaxed);
-    let joined = thread.join();
-    drop(client);
     assert!(
-        !died && joined.is_ok(),
+        server.is_running(),
         "EMFILE with accept_backoff = Duration::MAX panicked the reactor thread"
     );
+    drop(client);
 }

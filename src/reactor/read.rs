@@ -24,12 +24,16 @@ impl<H: Handler> Reactor<H> {
     /// Reads while the connection has data, nothing stops reading and the
     /// turn's budget lasts; one read per edge unless a read fills its buffer.
     pub(super) fn read_connection(&mut self, id: ConnId) {
-        self.reoffer_input(id);
         let mut budget = self.config.reads_per_turn;
         loop {
             let Some(conn) = live_mut(&mut self.table.conns, id) else {
                 return;
             };
+            if conn.has(flag::REOFFER) {
+                // Clears the flag: this runs once.
+                self.reoffer_input(id);
+                continue;
+            }
             if !conn.wants_read() {
                 return;
             }
@@ -72,7 +76,7 @@ impl<H: Handler> Reactor<H> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+                    conn.mark_drained();
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -99,8 +103,10 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
-    /// Reading resumed with unconsumed input waiting: offer it again now,
-    /// since the peer may be waiting for an answer and send nothing more.
+    /// Reading resumed with unconsumed input waiting (`REOFFER`): offer it
+    /// again now, since the peer may be waiting for an answer and send
+    /// nothing more.
+    #[cold]
     fn reoffer_input(&mut self, id: ConnId) {
         let Some(conn) = self.table.get_mut(id) else {
             return;
@@ -166,8 +172,7 @@ impl<H: Handler> Reactor<H> {
                 match e.kind() {
                     io::ErrorKind::Interrupted => true,
                     io::ErrorKind::WouldBlock => {
-                        let conn = &mut self.table.conns[id.index()];
-                        conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+                        self.table.conns[id.index()].mark_drained();
                         false
                     }
                     _ => {
@@ -188,10 +193,8 @@ impl<H: Handler> Reactor<H> {
         match conn.stream.peek(&mut [0]) {
             Ok(0) => self.peer_eof(id),
             Ok(_) => self.input_overflow(id),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
-            }
-            // Still readable: the caller's next pass peeks again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.mark_drained(),
+            // Still readable: peek again next turn.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => self.table.push_ready(id),
             Err(e) => self.table.fail(id, e),
         }
@@ -215,7 +218,7 @@ impl<H: Handler> Reactor<H> {
             return;
         };
         conn.flags |= flag::READ_CLOSED;
-        conn.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
+        conn.mark_drained();
         if conn.has(flag::CLOSING) {
             self.table.progress_shutdown(id);
             return;

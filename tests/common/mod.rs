@@ -154,6 +154,12 @@ impl<H: Handler> Server<H> {
         last
     }
 
+    /// Whether the reactor thread is still running (it has not panicked,
+    /// failed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the loop and hands the reactor back for inspection.
     pub fn stop(mut self) -> Reactor<H> {
         self.stop.store(true, Ordering::Relaxed);
