@@ -2,35 +2,60 @@
 //!
 //! ```text
 //! cargo run --release --example echo_reactor -- [--addr HOST:PORT] [--max-conns N]
+//!     [--idle-timeout SECS] [--drain-timeout SECS]
 //! ```
 //!
 //! The first line on stdout is `listening on HOST:PORT`, the real bound
 //! address (also for port 0); logs go to stderr (`RUST_LOG=debug` for more).
+//! SIGINT or SIGTERM stops it gracefully (every connection gets its pending
+//! echo, up to the drain timeout) and it exits 0; a second signal stops it
+//! at once. On stop it logs one line: the counters and the stop report.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use tcp_reactor::{Config, Echo, Reactor};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tcp_reactor::{Config, Echo, Handle, Reactor, Stats, StopReport};
 
 const USAGE: &str = "\
-usage: echo_reactor [--addr HOST:PORT] [--max-conns N]
+usage: echo_reactor [--addr HOST:PORT] [--max-conns N] [--idle-timeout SECS] [--drain-timeout SECS]
 
-Echoes every byte back on the connection it came from.
+Echoes every byte back on the connection it came from. SIGINT or SIGTERM
+stops it gracefully (pending echoes are delivered); a second one at once.
 
-  --addr HOST:PORT   address to listen on (default 127.0.0.1:7890; port 0 picks a free port)
-  --max-conns N      connections held at once (default: the open-file limit less a reserve)
-  -h, --help         print this help";
+  --addr HOST:PORT       address to listen on (default 127.0.0.1:7890; port 0 picks a free port)
+  --max-conns N          connections held at once (default: the open-file limit less a reserve)
+  --idle-timeout SECS    close connections idle that long (default: never)
+  --drain-timeout SECS   how long a graceful stop waits for connections to drain (default 5)
+  -h, --help             print this help";
 
 struct Args {
     addr: SocketAddr,
     max_conns: Option<usize>,
+    idle_timeout: Option<Duration>,
+    drain_timeout: Option<Duration>,
+}
+
+/// Seconds, fractions allowed, as a positive `Duration`.
+fn seconds(flag: &str, text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or(format!(
+            "{flag}: '{text}' is not a positive number of seconds"
+        ))
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut parsed = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 7890)),
         max_conns: None,
+        idle_timeout: None,
+        drain_timeout: None,
     };
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -47,6 +72,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 parsed.max_conns = Some(text.parse().ok().filter(|&n| n > 0).ok_or(format!(
                     "--max-conns: '{text}' is not a positive whole number"
                 ))?);
+            }
+            "--idle-timeout" => {
+                parsed.idle_timeout = Some(seconds(&flag, &value("--idle-timeout")?)?);
+            }
+            "--drain-timeout" => {
+                parsed.drain_timeout = Some(seconds(&flag, &value("--drain-timeout")?)?);
             }
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
@@ -75,6 +106,10 @@ fn main() -> ExitCode {
     if let Some(n) = args.max_conns {
         config = config.max_connections(n);
     }
+    config = config.idle_timeout(args.idle_timeout);
+    if let Some(drain) = args.drain_timeout {
+        config = config.drain_timeout(drain);
+    }
     let max_connections = config.max_connections;
 
     let mut reactor = match Reactor::bind(args.addr, config, Echo) {
@@ -84,6 +119,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = stop_on_signals(reactor.handle()) {
+        eprintln!("echo_reactor: installing signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut stdout = std::io::stdout().lock();
     // Scripts and tests wait for this exact line; flush it at once.
     if writeln!(stdout, "listening on {}", reactor.local_addr())
@@ -99,12 +138,51 @@ fn main() -> ExitCode {
         None => log::info!("up to {max_connections} connections at once"),
     }
     match reactor.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(report) => {
+            log::info!("{}", summary(&reactor.stats(), &report));
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("echo_reactor: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGINT and SIGTERM: the first stops the reactor gracefully, the next
+/// at once. A thread waits for them (signal-hook's self-pipe), so nothing
+/// runs in signal context and the loop is woken through its `Handle`.
+fn stop_on_signals(handle: Handle<()>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        let mut received = 0;
+        for signal in signals.forever() {
+            received += 1;
+            if received == 1 {
+                log::info!(
+                    "signal {signal}: stopping; pending echoes are flushed (again to stop at once)"
+                );
+                handle.stop();
+            } else {
+                log::info!("signal {signal}: stopping at once");
+                handle.stop_now();
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The one line logged on stop.
+fn summary(stats: &Stats, report: &StopReport) -> String {
+    format!(
+        "stopped: {} accepted, {} closed ({} reset, {} timed out), {} bytes in, {} bytes out; drain: {report}",
+        stats.accepted,
+        stats.closed,
+        stats.resets,
+        stats.timed_out,
+        stats.bytes_in,
+        stats.bytes_out
+    )
 }
 
 /// The smallest logger that does the job: `LEVEL message` on stderr, level

@@ -69,6 +69,28 @@ pub struct Config {
     /// `ENOBUFS`, `ENOMEM`). Accepting also resumes as soon as a connection
     /// closes. Default 100 ms.
     pub accept_backoff: Duration,
+    /// A connection on which no read or write has moved a byte for this
+    /// long is closed with [`CloseReason::TimedOut`](crate::CloseReason::TimedOut)
+    /// (with a reset if output is still queued). `None`, the default, keeps
+    /// idle connections open. Checked lazily: activity stamps the connection
+    /// with the clock read once per turn, and a connection's one pending
+    /// check looks at the stamp when it comes due, so traffic costs no timer
+    /// work. Closed no earlier than the timeout, and normally within a
+    /// millisecond or two after.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful close ([`Context::close`](crate::Context::close),
+    /// the default `on_eof`) may take to flush its output and see the peer's
+    /// FIN. Past it the connection is cut with a reset and closed as
+    /// [`CloseReason::TimedOut`](crate::CloseReason::TimedOut), so a peer
+    /// that never reads, or never closes, cannot hold a slot forever.
+    /// Default 30 s.
+    pub close_timeout: Duration,
+    /// How long a graceful stop ([`Context::stop`](crate::Context::stop),
+    /// [`Handle::stop`](crate::Handle::stop)) lets connections drain: flush
+    /// their output, send FIN and see the peer's FIN. Those still draining
+    /// then are cut with a reset and counted as forced in the
+    /// [`StopReport`](crate::StopReport). Default 5 s.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -87,6 +109,9 @@ impl Default for Config {
             reads_per_turn: 4,
             accepts_per_turn: 64,
             accept_backoff: Duration::from_millis(100),
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -98,6 +123,10 @@ fn default_max_connections() -> usize {
     let usable = limit.saturating_sub(FD_RESERVE).max(1);
     usize::try_from(usable).unwrap_or(usize::MAX).min(MAX_SLOTS)
 }
+
+/// Idle stamps are 32-bit milliseconds (they wrap after 49 days); half of
+/// that keeps wrapping differences unambiguous.
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 3600);
 
 /// Slot indices must fit in the low 32 bits of a token, below the listener's.
 const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
@@ -144,12 +173,18 @@ setters! {
     accepts_per_turn: usize,
     /// Sets [`Config::accept_backoff`](#structfield.accept_backoff).
     accept_backoff: Duration,
+    /// Sets [`Config::idle_timeout`](#structfield.idle_timeout).
+    idle_timeout: Option<Duration>,
+    /// Sets [`Config::close_timeout`](#structfield.close_timeout).
+    close_timeout: Duration,
+    /// Sets [`Config::drain_timeout`](#structfield.drain_timeout).
+    drain_timeout: Duration,
 }
 
 impl Config {
     /// Checks the rules a config must keep, naming the first one broken.
     pub fn validate(&self) -> Result<(), Error> {
-        let rules: [(bool, &str); 11] = [
+        let rules: [(bool, &str); 12] = [
             (self.backlog >= 1, "backlog must be at least 1"),
             (
                 self.backlog <= i32::MAX as u32,
@@ -184,6 +219,11 @@ impl Config {
             (
                 !self.accept_backoff.is_zero(),
                 "accept_backoff must be above zero, or accept errors spin the loop",
+            ),
+            (
+                self.idle_timeout
+                    .is_none_or(|t| t >= Duration::from_millis(1) && t <= MAX_IDLE_TIMEOUT),
+                "idle_timeout must be between 1 ms and 24 days",
             ),
         ];
         match rules.iter().find(|(ok, _)| !ok) {
@@ -221,6 +261,14 @@ mod tests {
             (
                 Config::default().accept_backoff(Duration::ZERO),
                 "accept_backoff",
+            ),
+            (
+                Config::default().idle_timeout(Some(Duration::ZERO)),
+                "idle_timeout",
+            ),
+            (
+                Config::default().idle_timeout(Some(Duration::from_secs(30 * 24 * 3600))),
+                "idle_timeout",
             ),
         ];
         for (config, field) in cases {

@@ -1,9 +1,12 @@
 //! What a handler callback may do: the `Context` it is given.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use crate::stop::StopRequest;
 use crate::table::ConnTable;
-use crate::{ConnId, Error, Stats};
+use crate::timer::{MIN_INTERVAL, deadline_after};
+use crate::{ConnId, Error, Stats, TimerId};
 
 /// Lets a [`Handler`](crate::Handler) callback act on any connection of its
 /// reactor.
@@ -91,11 +94,55 @@ impl<'a> Context<'a> {
         self.table.stats
     }
 
-    /// Asks the reactor to stop: at the end of this loop turn it stops
-    /// accepting, closes every connection (`on_close` with
-    /// [`CloseReason::Stopped`](crate::CloseReason::Stopped)) and `run`
-    /// returns.
+    /// Sets a one-shot timer: [`Handler::on_timer`](crate::Handler::on_timer)
+    /// runs with `key` once `after` has passed, in a turn's timer step
+    /// (after its I/O). A timer set from `on_timer` waits for the next turn,
+    /// even with a zero delay. `key` is yours: a connection's
+    /// [`ConnId::as_u64`], an index, a kind of job.
+    pub fn set_timer(&mut self, after: Duration, key: u64) -> TimerId {
+        let deadline = deadline_after(self.table.clock.read(), after);
+        self.table.timers.set(deadline, key, None)
+    }
+
+    /// Sets a repeating timer: `on_timer` runs with `key` every `every`
+    /// (at least 1 ms) until [`cancel_timer`](Self::cancel_timer). A loop
+    /// that falls behind skips the periods it missed rather than firing
+    /// them in a burst.
+    pub fn set_interval(&mut self, every: Duration, key: u64) -> TimerId {
+        let every = every.max(MIN_INTERVAL);
+        let deadline = deadline_after(self.table.clock.read(), every);
+        self.table.timers.set(deadline, key, Some(every))
+    }
+
+    /// Cancels a timer so it never fires (again). Returns whether it was
+    /// armed: `false` for a one-shot timer that has fired, or one already
+    /// cancelled.
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        self.table.timers.cancel(timer)
+    }
+
+    /// Stops the reactor gracefully, at the end of this loop turn: it stops
+    /// accepting and closes the listener, then closes every connection
+    /// gracefully (input ignored, queued output flushed, FIN, the peer's
+    /// FIN awaited) for up to [`Config::drain_timeout`](crate::Config::drain_timeout),
+    /// cuts those still draining then, runs `on_close` for each (reason
+    /// [`CloseReason::Stopped`](crate::CloseReason::Stopped)) and returns
+    /// from `run` with a [`StopReport`](crate::StopReport). Timers keep
+    /// firing and messages keep arriving while connections drain.
     pub fn stop(&mut self) {
-        self.table.stop_requested = true;
+        self.table.stop_request = self.table.stop_request.max(StopRequest::Graceful);
+    }
+
+    /// Stops the reactor at the end of this loop turn without draining:
+    /// each connection gets one last non-blocking flush and is closed, with
+    /// a reset if output is still queued. Also ends a graceful stop early.
+    pub fn stop_now(&mut self) {
+        self.table.stop_request = StopRequest::Now;
+    }
+
+    /// Whether a stop has been asked for (new work is pointless: no new
+    /// connection will come, and the open ones are closing).
+    pub fn is_stopping(&self) -> bool {
+        self.table.stop_request != StopRequest::None
     }
 }

@@ -14,6 +14,7 @@ pub struct Echo;
 
 impl Handler for Echo {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         log::debug!("conn {id}: open from {peer}");

@@ -67,6 +67,11 @@ pub enum Error {
     #[error("connection {0} passed its output limit and was aborted")]
     OutputLimit(ConnId),
 
+    /// The reactor has stopped (or was dropped): a [`Handle`](crate::Handle)
+    /// call was refused.
+    #[error("the reactor has stopped")]
+    Stopped,
+
     /// A per-connection query failed (for example `getpeername` on a peer
     /// that already reset).
     #[error("{op} on connection {id}: {source}")]

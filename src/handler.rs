@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use crate::{ConnId, Context};
+use crate::{ConnId, Context, TimerId};
 
 /// The protocol side of a server: the reactor owns sockets, buffers and
 /// limits; the handler decides what bytes mean and what to answer.
@@ -18,6 +18,11 @@ pub trait Handler {
     /// Per-connection state the handler keeps, stored in the reactor's slab
     /// beside the socket. Use `()` when there is none.
     type Conn;
+
+    /// What other threads send the handler through a
+    /// [`Handle`](crate::Handle) (see [`on_message`](Self::on_message)).
+    /// Use `()` when there is nothing to send.
+    type Message: Send + 'static;
 
     /// A connection was accepted. Return its state. The handler may `send`
     /// a greeting, or `abort` to refuse it.
@@ -52,6 +57,20 @@ pub trait Handler {
     /// low water mark: reading has resumed and the handler may produce more.
     fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
         let _ = (cx, id, conn);
+    }
+
+    /// A timer set with [`Context::set_timer`] or [`Context::set_interval`]
+    /// is due; `key` is the number it was set with. Timers fire no earlier
+    /// than their deadline, in deadline order (equal deadlines in the order
+    /// they were set), after the turn's I/O.
+    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId, key: u64) {
+        let _ = (cx, timer, key);
+    }
+
+    /// A message from another thread, sent with
+    /// [`Handle::send_message`](crate::Handle::send_message).
+    fn on_message(&mut self, cx: &mut Context<'_>, message: Self::Message) {
+        let _ = (cx, message);
     }
 
     /// The connection is gone; its state is handed back. Runs once per
@@ -91,7 +110,14 @@ pub enum CloseReason {
     InputLimit,
     /// Queued output passed [`Config::max_output`](crate::Config::max_output).
     OutputLimit,
-    /// The reactor stopped.
+    /// No read or write moved a byte for [`Config::idle_timeout`](crate::Config::idle_timeout),
+    /// or a graceful close did not complete within
+    /// [`Config::close_timeout`](crate::Config::close_timeout) (then cut
+    /// with a reset).
+    TimedOut,
+    /// The reactor stopped: the connection drained (output flushed, FINs
+    /// exchanged) or was cut at the drain deadline or by `stop_now`; the
+    /// [`StopReport`](crate::StopReport) counts which.
     Stopped,
 }
 

@@ -20,6 +20,7 @@
 //!
 //! impl Handler for Upper {
 //!     type Conn = ();
+//!     type Message = ();
 //!     fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
 //!     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
 //!         if data.starts_with(b"quit") {
@@ -44,7 +45,9 @@
 //! client.read_exact(&mut reply)?;
 //! assert_eq!(&reply, b"HELLO");
 //! client.write_all(b"quit")?;
-//! server.join().expect("reactor thread")?;
+//! drop(client); // a graceful stop waits for each client to close
+//! let report = server.join().expect("reactor thread")?;
+//! assert_eq!(report.forced, 0);
 //! # Ok(())
 //! # }
 //! ```
@@ -123,22 +126,28 @@ mod conn;
 mod context;
 mod echo;
 mod error;
+mod handle;
 mod handler;
 mod id;
 mod listener;
 mod os_limits;
 mod reactor;
 mod stats;
+mod stop;
 mod table;
+mod timer;
 
 pub use config::Config;
 pub use context::Context;
 pub use echo::Echo;
 pub use error::Error;
+pub use handle::Handle;
 pub use handler::{CloseReason, Handler};
 pub use id::ConnId;
 pub use reactor::Reactor;
 pub use stats::{Stats, StatsReader};
+pub use stop::StopReport;
+pub use timer::TimerId;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -2,6 +2,7 @@
 
 mod accept;
 mod read;
+mod stop;
 
 use accept::AcceptState;
 
@@ -15,9 +16,14 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
 
 use crate::conn::flag;
+use crate::handle::{Command, WAKER};
 use crate::id::LISTENER;
+use crate::stop::StopRequest;
 use crate::table::ConnTable;
-use crate::{CloseReason, Config, ConnId, Context, Error, Handler, Stats, StatsReader, listener};
+use crate::timer::Due;
+use crate::{
+    Config, ConnId, Context, Error, Handle, Handler, Stats, StatsReader, StopReport, listener,
+};
 
 /// A single-threaded reactor serving every connection of one listener.
 ///
@@ -42,6 +48,13 @@ pub struct Reactor<H: Handler> {
     config: Config,
     accept: AcceptState,
     stats_reader: StatsReader,
+    handle: Handle<H::Message>,
+    /// Commands taken from the handle, kept to reuse its capacity.
+    commands: Vec<Command<H::Message>>,
+    /// The stop under way, if any (`Graceful` while draining).
+    stopping: StopRequest,
+    /// When a graceful stop cuts the connections still draining.
+    drain_deadline: Option<Instant>,
     stopped: bool,
 }
 
@@ -68,6 +81,10 @@ impl<H: Handler> Reactor<H> {
                 addr,
                 source,
             })?;
+        let handle = Handle::new(poll.registry()).map_err(|source| Error::Poll {
+            op: "eventfd (the handle's waker)",
+            source,
+        })?;
         Ok(Reactor {
             handler,
             user: Vec::new(),
@@ -80,6 +97,10 @@ impl<H: Handler> Reactor<H> {
             config,
             accept: AcceptState::default(),
             stats_reader: StatsReader::default(),
+            handle,
+            commands: Vec::new(),
+            stopping: StopRequest::None,
+            drain_deadline: None,
             stopped: false,
         })
     }
@@ -109,27 +130,46 @@ impl<H: Handler> Reactor<H> {
         &mut self.handler
     }
 
-    /// Whether the reactor has stopped (after [`Context::stop`]).
+    /// A handle to control this reactor from other threads: stop it, send
+    /// to a connection, message the handler. Clone it freely.
+    pub fn handle(&self) -> Handle<H::Message> {
+        self.handle.clone()
+    }
+
+    /// Whether the reactor has stopped: a stop (from [`Context::stop`], or
+    /// a [`Handle`]) has finished draining.
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
 
-    /// Runs turns until a handler calls [`Context::stop`].
+    /// What the stop achieved, once the reactor has stopped.
+    pub fn stop_report(&self) -> Option<StopReport> {
+        if self.stopped {
+            Some(self.table.stop_report.unwrap_or_default())
+        } else {
+            None
+        }
+    }
+
+    /// Runs turns until the reactor stops ([`Context::stop`],
+    /// [`Handle::stop`], or their `stop_now`), and reports what the stop
+    /// achieved.
     ///
     /// # Errors
     ///
     /// Only [`Error::Poll`], when `epoll_wait` itself fails (an OS fault;
     /// `EINTR` is retried). Nothing a peer does makes `run` return.
-    pub fn run(&mut self) -> Result<(), Error> {
+    pub fn run(&mut self) -> Result<StopReport, Error> {
         while !self.stopped {
             self.run_once(None)?;
         }
-        Ok(())
+        Ok(self.table.stop_report.unwrap_or_default())
     }
 
     /// Runs one turn, waiting at most `timeout` for events (`None`: until
     /// something happens). The wait is shorter when the reactor has work of
-    /// its own: connections with data left over, accepts to retry.
+    /// its own: connections with data left over, a timer due, accepts to
+    /// retry, a stop to finish. Does nothing once stopped.
     ///
     /// # Errors
     ///
@@ -141,34 +181,55 @@ impl<H: Handler> Reactor<H> {
         let timeout = self.poll_timeout(timeout);
         self.stats_reader.publish(&self.table.stats);
         self.wait_for_events(timeout)?;
+        if self.needs_clock() {
+            self.table.clock.read();
+        }
         let carried = self.table.ready.len();
         self.dispatch_events();
         self.serve_ready_queue(carried);
         self.accept_connections();
+        self.fire_timers();
         self.finish_closes();
-        if self.table.stop_requested {
-            self.shut_down();
-        }
+        self.progress_stop();
         Ok(())
     }
 
-    /// Step 1: zero if there is work already, else until the accept pause
-    /// ends, else no limit; never more than the caller's `timeout`.
+    /// Step 1: zero if there is work already, else until the nearest
+    /// deadline (a timer, the end of an accept pause, the drain deadline),
+    /// else no limit; never more than the caller's `timeout`.
     fn poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
-        let own = if !self.table.ready.is_empty() || self.table.stop_requested {
+        let accept_waits = self.accept.pending && self.below_max_connections();
+        let own = if !self.table.ready.is_empty()
+            || self.table.stop_request > self.stopping
+            || (accept_waits && self.accept.paused_until.is_none())
+        {
             Some(Duration::ZERO)
-        } else if !self.accept.pending || !self.below_max_connections() {
-            None
         } else {
-            match self.accept.paused_until {
-                Some(until) => Some(until.saturating_duration_since(Instant::now())),
-                None => Some(Duration::ZERO),
-            }
+            let pause = self.accept.paused_until.filter(|_| accept_waits);
+            [
+                self.table.timers.next_deadline(),
+                pause,
+                self.drain_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            // The clock was read this turn, or when a deadline was set.
+            .map(|next| next.saturating_duration_since(self.table.clock.now))
         };
         match (own, timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether this turn needs the time: for timers, idle stamps, the end
+    /// of an accept pause or of a drain. Otherwise the clock is not read.
+    fn needs_clock(&self) -> bool {
+        !self.table.timers.is_empty()
+            || self.config.idle_timeout.is_some()
+            || self.accept.paused_until.is_some()
+            || self.drain_deadline.is_some()
     }
 
     /// Step 2: `epoll_wait`, retried on `EINTR`.
@@ -200,6 +261,8 @@ impl<H: Handler> Reactor<H> {
             count += 1;
             if event.token() == LISTENER {
                 self.accept.pending = true;
+            } else if event.token() == WAKER {
+                self.run_commands();
             } else {
                 self.connection_event(ConnId::from_token(event.token()), event);
             }
@@ -260,6 +323,52 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
+    /// Runs what handles have queued, in order.
+    fn run_commands(&mut self) {
+        let mut commands = mem::take(&mut self.commands);
+        self.handle.take_commands(&mut commands);
+        for command in commands.drain(..) {
+            match command {
+                Command::Stop => {
+                    self.table.stop_request = self.table.stop_request.max(StopRequest::Graceful);
+                }
+                Command::StopNow => self.table.stop_request = StopRequest::Now,
+                Command::Send(id, data) => {
+                    if let Err(e) = self.table.send(id, &data) {
+                        log::debug!("send from a handle dropped: {e}");
+                    }
+                }
+                Command::Message(message) => {
+                    self.handler
+                        .on_message(&mut Context::new(&mut self.table), message);
+                }
+            }
+        }
+        self.commands = commands;
+    }
+
+    /// Step 5: fire what is due: the handler's timers, idle checks, close
+    /// deadlines. Timers set meanwhile wait for the next turn.
+    fn fire_timers(&mut self) {
+        if self.table.timers.is_empty() {
+            return;
+        }
+        let now = self.table.clock.now;
+        let before = self.table.timers.next_seq();
+        while let Some(due) = self.table.timers.pop_due(now, before) {
+            match due {
+                Due::User(timer, key) => {
+                    self.table.stats.timers_fired += 1;
+                    self.handler
+                        .on_timer(&mut Context::new(&mut self.table), timer, key);
+                }
+                Due::Idle(id) => self.table.check_idle(id),
+                Due::Close(id) => self.table.close_expired(id),
+            }
+        }
+        self.table.sweep_timers();
+    }
+
     /// Step 6: free the slots of connections closed this turn and hand each
     /// handler state back through `on_close`. Runs after the whole batch, so
     /// no event of it reached a slot's next tenant.
@@ -274,34 +383,12 @@ impl<H: Handler> Reactor<H> {
             }
         }
     }
+}
 
-    /// Stop: close the listener, give queued output one last non-blocking
-    /// try, close every connection.
-    fn shut_down(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            if let Err(e) = self.poll.registry().deregister(&mut listener) {
-                log::debug!("epoll_ctl(DEL) for the listener: {e}");
-            }
-        }
-        let open: Vec<ConnId> = self
-            .table
-            .conns
-            .iter()
-            .map(|(index, conn)| ConnId::new(index, conn.generation))
-            .collect();
-        for id in open {
-            self.table.flush(id);
-            if self.table.get(id).is_some_and(|c| c.queued_output() > 0) {
-                // Output that cannot be delivered: a reset tells the peer
-                // the stream is cut, where a FIN would pass it as complete.
-                self.table.drop_connection(id, CloseReason::Stopped);
-            } else {
-                self.table.finish(id, CloseReason::Stopped);
-            }
-        }
-        self.finish_closes();
-        self.stopped = true;
-        self.stats_reader.publish(&self.table.stats);
+impl<H: Handler> Drop for Reactor<H> {
+    /// Handles refuse every call once the reactor is gone.
+    fn drop(&mut self) {
+        self.handle.close();
     }
 }
 

@@ -36,6 +36,11 @@ pub struct Stats {
     /// Connections closed for sending more than `max_input` the handler
     /// would not consume, or for passing `max_output`.
     pub limit_closes: u64,
+    /// Connections closed with [`CloseReason::TimedOut`](crate::CloseReason::TimedOut):
+    /// idle too long, or a graceful close the peer did not complete in time.
+    pub timed_out: u64,
+    /// Handler timers fired (each `on_timer` call).
+    pub timers_fired: u64,
     /// Loop turns (one `epoll_wait` each).
     pub turns: u64,
     /// Turns whose `epoll_wait` filled the whole events buffer: light

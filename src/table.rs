@@ -1,6 +1,6 @@
-//! The connection table: the slab of connections and every operation on a
-//! connection that both the loop and a handler's [`Context`](crate::Context)
-//! perform (send, flush, close, abort).
+//! The connection table: the slab of connections, and everything a
+//! handler's [`Context`](crate::Context) and the loop both act on: send,
+//! flush, close, abort, timers and the stop.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -12,6 +12,8 @@ use slab::Slab;
 use socket2::SockRef;
 
 use crate::conn::{Buffers, Conn, flag};
+use crate::stop::{StopReport, StopRequest};
+use crate::timer::{Clock, Target, Timers, deadline_after};
 use crate::{CloseReason, Config, ConnId, Error, Stats};
 
 /// Buffers kept for reuse, so a connection that needs one briefly does not
@@ -26,6 +28,8 @@ pub(crate) struct Limits {
     pub(crate) low_water: usize,
     pub(crate) max_input: usize,
     pub(crate) max_output: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) close_timeout: Duration,
 }
 
 impl Limits {
@@ -36,6 +40,8 @@ impl Limits {
             low_water: config.write_low_water,
             max_input: config.max_input,
             max_output: config.max_output,
+            idle_timeout: config.idle_timeout,
+            close_timeout: config.close_timeout,
         }
     }
 }
@@ -54,8 +60,12 @@ pub(crate) struct ConnTable {
     /// or whose reading resumed; served next turn with a zero poll timeout
     /// (edge-triggered polling will not tell us about them again).
     pub(crate) ready: VecDeque<ConnId>,
-    /// Set by `Context::stop`.
-    pub(crate) stop_requested: bool,
+    /// What `Context::stop`, `stop_now` or a `Handle` asked for.
+    pub(crate) stop_request: StopRequest,
+    /// Counts how connections end, from the start of a stop.
+    pub(crate) stop_report: Option<StopReport>,
+    pub(crate) timers: Timers,
+    pub(crate) clock: Clock,
     /// Boxed because connections hold their buffers boxed: a pooled box
     /// moves into a connection as it is, with no allocation.
     #[allow(clippy::vec_box)]
@@ -71,7 +81,10 @@ impl ConnTable {
             limits: Limits::from_config(config),
             closed: VecDeque::new(),
             ready: VecDeque::new(),
-            stop_requested: false,
+            stop_request: StopRequest::None,
+            stop_report: None,
+            timers: Timers::default(),
+            clock: Clock::new(),
             pool: Vec::new(),
             next_generation: 0,
         }
@@ -80,10 +93,17 @@ impl ConnTable {
     /// Takes a slot for a new connection and returns its id.
     pub(crate) fn insert(&mut self, stream: TcpStream) -> ConnId {
         self.next_generation = self.next_generation.wrapping_add(1);
-        let index = self.conns.insert(Conn::new(stream, self.next_generation));
+        let conn = Conn::new(stream, self.next_generation, self.clock.now_ms);
+        let id = ConnId::new(self.conns.insert(conn), self.next_generation);
         self.stats.accepted += 1;
         self.stats.active += 1;
-        ConnId::new(index, self.next_generation)
+        if let Some(idle) = self.limits.idle_timeout {
+            // The clock was read this turn: it is, whenever idle timeouts
+            // are on.
+            let deadline = deadline_after(self.clock.now, idle);
+            self.timers.schedule(deadline, Target::Idle(id));
+        }
+        id
     }
 
     /// The next slot `insert` will take, to register the socket under its
@@ -119,6 +139,9 @@ impl ConnTable {
             // again until WouldBlock: only that promises a writable edge
             // (Linux gives one after a partial write too; mio does not say so).
             let (written, error) = write_until_blocked(&mut conn.stream, rest);
+            if written > 0 {
+                conn.last_active = self.clock.now_ms;
+            }
             self.stats.bytes_out += written as u64;
             if let Some(e) = error {
                 self.fail(id, e);
@@ -196,7 +219,7 @@ impl ConnTable {
     #[cold]
     #[inline(never)]
     pub(crate) fn flush(&mut self, id: ConnId) -> bool {
-        let Some(conn) = self.get_mut(id) else {
+        let Some(conn) = live_mut(&mut self.conns, id) else {
             return false;
         };
         let Some(bufs) = conn.bufs.as_mut() else {
@@ -206,6 +229,9 @@ impl ConnTable {
             write_until_blocked(&mut conn.stream, &bufs.output[bufs.output_start..]);
         bufs.output_start += written;
         let queued = bufs.queued_output();
+        if written > 0 {
+            conn.last_active = self.clock.now_ms;
+        }
         if queued == 0 {
             bufs.output.clear();
             bufs.output_start = 0;
@@ -239,8 +265,12 @@ impl ConnTable {
     /// Waiting for the peer's FIN matters: closing a socket with unread
     /// input makes the kernel send a reset, which can destroy output the
     /// peer has not read yet.
+    /// A close that has not finished within `close_timeout` is cut
+    /// (`TimedOut`): a peer that never reads, or never sends its FIN, cannot
+    /// hold the slot forever.
     pub(crate) fn close(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
+            let first = !conn.has(flag::CLOSING);
             conn.flags |= flag::CLOSING | flag::SHUTDOWN_PENDING;
             // Reading goes on, even if the handler had paused it: input is
             // discarded from now on, but the peer's FIN must be seen.
@@ -252,6 +282,10 @@ impl ConnTable {
                 self.push_ready(id);
             }
             self.progress_shutdown(id);
+            if first && self.get(id).is_some() {
+                let deadline = deadline_after(self.clock.read(), self.limits.close_timeout);
+                self.timers.schedule(deadline, Target::Close(id));
+            }
         }
     }
 
@@ -287,7 +321,12 @@ impl ConnTable {
         // FIN sent and FIN seen: nothing more can pass either way, whether
         // the handler called `close` or `shutdown_write`.
         if conn.has(flag::READ_CLOSED) {
-            let reason = if conn.has(flag::PEER_CLOSED_FIRST) {
+            let reason = if conn.has(flag::STOPPING) {
+                if let Some(report) = self.stop_report.as_mut() {
+                    report.drained += 1;
+                }
+                CloseReason::Stopped
+            } else if conn.has(flag::PEER_CLOSED_FIRST) {
                 CloseReason::PeerClosed
             } else {
                 CloseReason::Local
@@ -321,8 +360,15 @@ impl ConnTable {
         };
         conn.flags |= flag::DEAD;
         let dropped = conn.queued_output() as u64;
+        let stopping = conn.has(flag::STOPPING);
         let bufs = conn.bufs.take();
         self.stats.queued_output -= dropped;
+        if stopping && !matches!(reason, CloseReason::Stopped) {
+            if let Some(report) = self.stop_report.as_mut() {
+                report.failed += 1;
+                report.unsent_bytes += dropped;
+            }
+        }
         if let Some(bufs) = bufs {
             self.recycle(bufs);
         }
@@ -335,6 +381,77 @@ impl ConnTable {
             _ => {}
         }
         self.closed.push_back((id, reason));
+    }
+
+    /// Ends a connection for a stop and counts it in the report: with a
+    /// reset if `cut` (output may be left, or the peer's FIN never came),
+    /// else closed as it is.
+    pub(crate) fn end_for_stop(&mut self, id: ConnId, cut: bool) {
+        let Some(queued) = self.get(id).map(Conn::queued_output) else {
+            return;
+        };
+        let report = self.stop_report.get_or_insert_default();
+        report.unsent_bytes += queued as u64;
+        if cut {
+            report.forced += 1;
+            self.drop_connection(id, CloseReason::Stopped);
+        } else {
+            report.drained += 1;
+            self.finish(id, CloseReason::Stopped);
+        }
+    }
+
+    /// An idle check came due: close the connection if no read or write
+    /// has moved bytes for the idle timeout, else check again when it
+    /// would have been quiet that long.
+    pub(crate) fn check_idle(&mut self, id: ConnId) {
+        let (Some(idle), Some(conn)) = (self.limits.idle_timeout, self.get(id)) else {
+            return;
+        };
+        let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
+        // Stamps are whole milliseconds: "more than idle_ms" is never early.
+        let quiet_ms = self.clock.now_ms.wrapping_sub(conn.last_active);
+        if quiet_ms > idle_ms {
+            let cut = conn.queued_output() > 0;
+            self.time_out(id, cut);
+        } else {
+            let left = Duration::from_millis(u64::from(idle_ms - quiet_ms) + 1);
+            self.timers
+                .schedule(deadline_after(self.clock.now, left), Target::Idle(id));
+        }
+    }
+
+    /// A graceful close's deadline came: cut it if it is still going.
+    pub(crate) fn close_expired(&mut self, id: ConnId) {
+        if self.get(id).is_some_and(|c| c.has(flag::CLOSING)) {
+            self.time_out(id, true);
+        }
+    }
+
+    /// Ends a connection whose time ran out: with a reset if `cut` (output
+    /// queued, or a close that never completed), else closed as it is.
+    fn time_out(&mut self, id: ConnId, cut: bool) {
+        self.stats.timed_out += 1;
+        if self.get(id).is_some_and(|c| c.has(flag::STOPPING)) {
+            self.end_for_stop(id, true);
+        } else if cut {
+            self.drop_connection(id, CloseReason::TimedOut);
+        } else {
+            self.finish(id, CloseReason::TimedOut);
+        }
+    }
+
+    /// Sweeps timer entries of closed connections out of the heap, when
+    /// enough have piled up (see `Timers::compact`).
+    pub(crate) fn sweep_timers(&mut self) {
+        let conns = &self.conns;
+        self.timers.compact(|target| match target {
+            Target::Idle(id) => conns.get(id.index()).is_some_and(|c| c.is(id)),
+            Target::Close(id) => conns
+                .get(id.index())
+                .is_some_and(|c| c.is(id) && c.has(flag::CLOSING)),
+            Target::User(_) => true,
+        });
     }
 
     /// Queues the connection to be read next turn, once.

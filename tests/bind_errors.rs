@@ -19,6 +19,7 @@ struct Idle;
 
 impl Handler for Idle {
     type Conn = ();
+    type Message = ();
     fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
     fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
         data.len()
@@ -158,6 +159,7 @@ struct CloseFirst;
 
 impl Handler for CloseFirst {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
         cx.send(id, b"bye").expect("greeting");

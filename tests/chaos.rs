@@ -502,6 +502,7 @@ impl ChaosHandler {
 
 impl Handler for ChaosHandler {
     type Conn = ConnState;
+    type Message = ();
 
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) -> ConnState {
         if self.records.contains_key(&id) {

@@ -35,7 +35,7 @@ enum Seen {
     /// `Context::pending_output` at some point the handler chose.
     Pending(ConnId, usize),
     /// `Context::stats` from inside a callback.
-    Stats(ConnId, Stats),
+    Stats(ConnId, Box<Stats>),
     Close(Box<Closed>),
 }
 
@@ -83,6 +83,7 @@ impl Probe {
 
 impl Handler for Probe {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         let peer_addr = cx.peer_addr(id);
@@ -810,7 +811,7 @@ fn stats_from_the_context_count_connections_and_bytes() {
     let (probe, mut reports) = Probe::new(|cx, id, data, tools| match command(data, b"stats\n") {
         Some(false) => 0,
         Some(true) => {
-            let _ = tools.seen.send(Seen::Stats(id, cx.stats()));
+            let _ = tools.seen.send(Seen::Stats(id, Box::new(cx.stats())));
             data.len()
         }
         None => echo(cx, id, data),
@@ -826,7 +827,7 @@ fn stats_from_the_context_count_connections_and_bytes() {
     let id = reports.id_of(&clients[0]);
     clients[0].write_all(b"stats\n").expect("write stats");
     let stats = reports.wait_for("stats", |seen| match seen {
-        Seen::Stats(sid, stats) if sid == id => Ok(stats),
+        Seen::Stats(sid, stats) if sid == id => Ok(*stats),
         other => Err(other),
     });
     assert_eq!(stats.accepted, 3, "{stats:?}");
@@ -866,12 +867,25 @@ fn stop_makes_run_return_ok_and_closes_every_connection_as_stopped() {
         round_trip(client, format!("client {i}").as_bytes());
     }
     clients[0].write_all(b"stop").expect("write stop");
+    // Each client gets the server's FIN, with nothing stray before it, and
+    // closes: that lets the graceful stop finish at once.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let rest = read_to_eof(client).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(rest.is_empty(), "client {i}: {} stray bytes", rest.len());
+    }
+    drop(clients);
     done_rx
         .recv_timeout(DEADLINE)
         .expect("run returns after stop");
     let (result, reactor) = runner.join().expect("reactor thread");
-    result.expect("run returns Ok after Context::stop");
+    let report = result.expect("run returns Ok after Context::stop");
     assert!(reactor.is_stopped());
+    assert_eq!(
+        (report.drained, report.forced, report.failed),
+        (3, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(reactor.stop_report(), Some(report));
 
     for id in ids {
         let reason = reports.close_reason(id);
@@ -879,10 +893,6 @@ fn stop_makes_run_return_ok_and_closes_every_connection_as_stopped() {
     }
     let stats = reactor.stats();
     assert_eq!((stats.active, stats.closed), (0, 3), "{stats:?}");
-    for (i, client) in clients.iter_mut().enumerate() {
-        let rest = read_to_eof(client).unwrap_or_else(|e| panic!("client {i}: {e}"));
-        assert!(rest.is_empty(), "client {i}: {} stray bytes", rest.len());
-    }
     // The listener is closed.
     match TcpStream::connect(addr) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}

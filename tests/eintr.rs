@@ -21,6 +21,7 @@ struct StoppableEcho;
 
 impl Handler for StoppableEcho {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: std::net::SocketAddr) {}
 
@@ -78,6 +79,8 @@ fn signals_while_waiting_do_not_end_the_loop() {
     );
     let mut stopper = common::connect(addr);
     std::io::Write::write_all(&mut stopper, b"stop").expect("stop");
+    // The graceful stop ends once this last client has closed too.
+    drop(stopper);
     let result = thread.join().expect("reactor thread");
     assert!(result.is_ok(), "run returned {result:?}");
 }

@@ -50,6 +50,7 @@ struct EchoUntilStopped(Echo);
 
 impl Handler for EchoUntilStopped {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         self.0.on_open(cx, id, peer);

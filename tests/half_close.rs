@@ -63,6 +63,7 @@ struct RecordingEcho {
 
 impl Handler for RecordingEcho {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         let _ = self.seen.send(Seen::Open(id, peer));
@@ -91,6 +92,7 @@ const GO: &[u8] = b"GO\n";
 
 impl Handler for TrailerLater {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         let _ = self.seen.send(Seen::Open(id, peer));
@@ -138,6 +140,7 @@ struct HalfState {
 
 impl Handler for HalfCloser {
     type Conn = HalfState;
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) -> HalfState {
         let _ = self.seen.send(Seen::Open(id, peer));
@@ -184,6 +187,7 @@ struct ReplyOnEof {
 
 impl Handler for ReplyOnEof {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         let _ = self.seen.send(Seen::Open(id, peer));

@@ -28,6 +28,7 @@ struct Probe(Sender<Seen>);
 
 impl Handler for Probe {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
         let addr = cx.peer_addr(id).map_err(|e| e.to_string());

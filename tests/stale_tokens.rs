@@ -91,6 +91,7 @@ impl AbortOther {
 
 impl Handler for AbortOther {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
         self.opened.push(id);
@@ -238,6 +239,7 @@ impl StaleCaller {
 
 impl Handler for StaleCaller {
     type Conn = ();
+    type Message = ();
 
     fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
         self.opened.push(id);

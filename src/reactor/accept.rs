@@ -9,6 +9,8 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::SockRef;
 
+use crate::stop::StopRequest;
+use crate::timer::deadline_after;
 use crate::{Context, Handler};
 
 use super::Reactor;
@@ -39,10 +41,10 @@ impl<H: Handler> Reactor<H> {
         while self.accept.pending
             && budget > 0
             && self.below_max_connections()
-            && !self.table.stop_requested
+            && self.table.stop_request == StopRequest::None
         {
             if let Some(until) = self.accept.paused_until {
-                if Instant::now() < until {
+                if self.table.clock.read() < until {
                     return;
                 }
                 self.accept.paused_until = None;
@@ -97,10 +99,10 @@ impl<H: Handler> Reactor<H> {
             self.accept.warned = true;
         }
         // A backoff too long to add to the clock means "until a close".
-        let now = Instant::now();
+        let now = self.table.clock.read();
         let until = now
             .checked_add(backoff)
-            .unwrap_or_else(|| now + UNTIL_A_CLOSE);
+            .unwrap_or_else(|| deadline_after(now, UNTIL_A_CLOSE));
         self.accept.paused_until = Some(until);
     }
 

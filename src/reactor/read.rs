@@ -65,6 +65,7 @@ impl<H: Handler> Reactor<H> {
                 Ok(0) => return self.peer_eof(id),
                 Ok(n) => {
                     self.table.stats.bytes_in += n as u64;
+                    conn.last_active = self.table.clock.now_ms;
                     if n < limit && !conn.has(flag::DRAIN_TO_END) {
                         // Short read: drained. Edge-triggered polling will
                         // report bytes that arrive later; no read is spent
@@ -161,6 +162,7 @@ impl<H: Handler> Reactor<H> {
             }
             Ok(n) => {
                 self.table.stats.bytes_in += n as u64;
+                conn.last_active = self.table.clock.now_ms;
                 if n < limit && !conn.has(flag::DRAIN_TO_END) {
                     conn.flags &= !flag::READABLE;
                 }

@@ -1,0 +1,191 @@
+//! `Handle`: talking to a running reactor from other threads.
+//!
+//! Commands go into a mutex-guarded queue and a `mio::Waker` wakes the
+//! loop, which swaps the whole queue out in one lock and runs it. Only the
+//! first command after the loop emptied the queue wakes it (one `write` to
+//! the eventfd per batch, not per command), so many threads sending at once
+//! cost the loop one wake-up per turn.
+
+use std::fmt;
+use std::mem;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mio::{Registry, Token, Waker};
+
+use crate::{ConnId, Error};
+
+/// The waker's token: above every connection's (a slot index stays below
+/// `u32::MAX - 1`) and beside the listener's.
+pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+
+/// What a [`Handle`] asks of the loop.
+pub(crate) enum Command<M> {
+    Stop,
+    StopNow,
+    Send(ConnId, Vec<u8>),
+    Message(M),
+}
+
+struct Inbox<M> {
+    commands: Vec<Command<M>>,
+    /// False once the reactor has stopped (or been dropped).
+    open: bool,
+    /// A wake-up is on its way; later commands need not send another.
+    woken: bool,
+}
+
+struct Shared<M> {
+    inbox: Mutex<Inbox<M>>,
+    waker: Waker,
+}
+
+impl<M> Shared<M> {
+    fn inbox(&self) -> MutexGuard<'_, Inbox<M>> {
+        // The lock is only held to push or swap a Vec: a panic cannot leave
+        // the inbox half-changed, so a poisoned lock is still sound.
+        self.inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Controls a reactor from any thread: stop it, send bytes to one of its
+/// connections, or hand its handler a message of the handler's own
+/// [`Message`](crate::Handler::Message) type.
+///
+/// Get one with [`Reactor::handle`](crate::Reactor::handle) before the
+/// reactor runs, and clone it freely (a handler that wants one keeps a
+/// clone in its own state). Each call queues a command and wakes the loop,
+/// which runs queued commands in the order they were queued. Once the
+/// reactor has stopped, every call is refused with [`Error::Stopped`].
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tcp_reactor::{Config, Echo, Reactor};
+///
+/// # fn main() -> Result<(), tcp_reactor::Error> {
+/// let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+/// let mut reactor = Reactor::bind(addr, Config::default(), Echo)?;
+/// let handle = reactor.handle();
+/// let stopper = std::thread::spawn(move || handle.stop());
+/// let report = reactor.run()?; // returns once the stop has drained
+/// assert_eq!(report.forced, 0);
+/// stopper.join().expect("the stopping thread");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Handle<M> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M> Clone for Handle<M> {
+    fn clone(&self) -> Handle<M> {
+        Handle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<M> fmt::Debug for Handle<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("stopped", &self.is_stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> Handle<M> {
+    /// Creates the handle's shared state and registers its waker.
+    pub(crate) fn new(registry: &Registry) -> std::io::Result<Handle<M>> {
+        let waker = Waker::new(registry, WAKER)?;
+        Ok(Handle {
+            shared: Arc::new(Shared {
+                inbox: Mutex::new(Inbox {
+                    commands: Vec::new(),
+                    open: true,
+                    woken: false,
+                }),
+                waker,
+            }),
+        })
+    }
+
+    /// Stops the reactor gracefully, as [`Context::stop`](crate::Context::stop)
+    /// does. Stopping a reactor that has stopped does nothing.
+    pub fn stop(&self) {
+        let _ = self.push(Command::Stop);
+    }
+
+    /// Stops the reactor at once, as [`Context::stop_now`](crate::Context::stop_now)
+    /// does. Also ends a graceful stop in progress.
+    pub fn stop_now(&self) {
+        let _ = self.push(Command::StopNow);
+    }
+
+    /// Sends `data` to connection `id`, as [`Context::send`](crate::Context::send)
+    /// does, on the loop's next turn. Bytes for a connection that has closed
+    /// (or been shut down for writing) by then are dropped; its `on_close`
+    /// tells the handler why.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] once the reactor has stopped; [`Error::Poll`] if
+    /// waking the loop fails (an OS fault).
+    pub fn send(&self, id: ConnId, data: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.push(Command::Send(id, data.into()))
+    }
+
+    /// Hands `message` to the handler's
+    /// [`on_message`](crate::Handler::on_message) on the loop's next turn.
+    /// Messages from one thread arrive in the order they were sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); a refused message is dropped.
+    pub fn send_message(&self, message: M) -> Result<(), Error> {
+        self.push(Command::Message(message))
+    }
+
+    /// Whether the reactor has stopped: every call is refused from then on.
+    pub fn is_stopped(&self) -> bool {
+        !self.shared.inbox().open
+    }
+
+    fn push(&self, command: Command<M>) -> Result<(), Error> {
+        let wake = {
+            let mut inbox = self.shared.inbox();
+            if !inbox.open {
+                return Err(Error::Stopped);
+            }
+            inbox.commands.push(command);
+            !mem::replace(&mut inbox.woken, true)
+        };
+        if wake {
+            self.shared.waker.wake().map_err(|source| Error::Poll {
+                op: "wake (eventfd write)",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The loop's side: moves every queued command into `into` (which must
+    /// be empty; its capacity is reused, so a steady stream of commands
+    /// costs no allocation here).
+    pub(crate) fn take_commands(&self, into: &mut Vec<Command<M>>) {
+        let mut inbox = self.shared.inbox();
+        mem::swap(&mut inbox.commands, into);
+        inbox.woken = false;
+    }
+
+    /// The reactor stopped: refuse every call from now on and drop what is
+    /// still queued.
+    pub(crate) fn close(&self) {
+        let dropped = {
+            let mut inbox = self.shared.inbox();
+            inbox.open = false;
+            mem::take(&mut inbox.commands)
+        };
+        drop(dropped);
+    }
+}
