@@ -4,7 +4,7 @@
 //! It is the tutorial server (`bind`, `listen(128)`, `accept`, `recv`,
 //! `send`) grown up: non-blocking, many clients at once, memory bounded,
 //! nothing accepted ever lost. You implement [`Handler`] (the protocol); the
-//! [`Reactor`] owns sockets, buffers and limits.
+//! [`Reactor`] owns sockets, buffers, timers and limits.
 //!
 //! # Quick start
 //!
@@ -54,13 +54,19 @@
 //!
 //! # One loop turn
 //!
-//! [`Reactor::run_once`] is one turn; [`Reactor::run`] repeats it.
+//! [`Reactor::run_once`] is one turn; [`Reactor::run`] repeats it until the
+//! reactor stops.
 //!
-//! 1. **Timeout**: zero if a connection has data left from last turn or
-//!    accepts are to be retried; until the end of an accept pause; else
-//!    none (an idle reactor sleeps in `epoll_wait` and never wakes).
-//! 2. **Poll**: `epoll_wait`; `EINTR` is retried.
-//! 3. **Dispatch**: the listener's event marks accepts pending. A
+//! 1. **Timeout**: zero if a connection has data left from last turn,
+//!    accepts are to be retried or a stop was just asked for; else until
+//!    the nearest deadline (a timer, the end of an accept pause, the drain
+//!    deadline); else none: an idle reactor with no timers sleeps in
+//!    `epoll_wait` and never wakes.
+//! 2. **Poll**: `epoll_wait`; `EINTR` is retried. Then the clock is read,
+//!    once, if anything needs the time (timers, idle timeouts, a pause or a
+//!    drain); activity stamps and deadlines use that one reading.
+//! 3. **Dispatch**: the listener's event marks accepts pending; the
+//!    [`Handle`]'s waker runs queued commands (messages, sends, stop). A
 //!    connection's event flushes its queued output first, then reads: one
 //!    read per event, another only if the read filled its buffer, at most
 //!    [`Config::reads_per_turn`] reads; a connection with more goes on the
@@ -68,9 +74,14 @@
 //! 4. **Ready queue**: connections left over from the last turn are read.
 //! 5. **Accept**: up to [`Config::accepts_per_turn`] new connections, while
 //!    below [`Config::max_connections`] and not paused by `EMFILE` & co.
-//! 6. **Close**: slots of connections closed during the turn are freed and
+//! 6. **Timers**: due handler timers ([`Handler::on_timer`]), idle checks
+//!    and close deadlines, in deadline order.
+//! 7. **Close**: slots of connections closed during the turn are freed and
 //!    [`Handler::on_close`] runs; only now, so no event of this turn's batch
 //!    can reach a reused slot.
+//! 8. **Stop**: a stop asked for this turn begins (the listener closes,
+//!    every connection starts a graceful close); a drain that is done, or
+//!    past [`Config::drain_timeout`], ends and the reactor is stopped.
 //!
 //! # Guarantees
 //!
@@ -82,10 +93,11 @@
 //!   ([`Context::resume_read`], or the end of backpressure); what the kernel
 //!   did not take is queued and flushed; a graceful close
 //!   ([`Context::close`], and the default [`Handler::on_eof`]) flushes
-//!   before its FIN and frees the slot once the peer's FIN is seen. A
-//!   stream cut short (by [`Context::abort`], a limit, or `stop` with output
-//!   still queued) ends with a reset, never with a FIN that would pass it
-//!   off as complete.
+//!   before its FIN and frees the slot once the peer's FIN is seen (or
+//!   [`Config::close_timeout`] passes). A stream cut short (by
+//!   [`Context::abort`], a limit, a timeout, or a stop past its drain
+//!   deadline) ends with a reset, never with a FIN that would pass it off
+//!   as complete.
 //! - **Memory is bounded.** Reading from a connection stops while its queued
 //!   output is at [`Config::write_high_water`] and resumes at
 //!   [`Config::write_low_water`] (with [`Handler::on_drain`]); while output
@@ -99,7 +111,19 @@
 //!   concerned, or pause accepting; `run` never returns an error or panics
 //!   for them. Writes never raise `SIGPIPE`.
 //! - **No busy loops.** Sockets are registered once, edge-triggered, for
-//!   readable and writable; the loop never re-registers.
+//!   readable and writable; the loop never re-registers. With no timer
+//!   armed and nothing to do, it sleeps in `epoll_wait` without a timeout.
+//! - **Time is cheap.** Timers live in a heap (set O(log n), cancel O(1),
+//!   lazily); 100,000 armed timers cost a turn nothing, since only the
+//!   nearest is looked at. The idle timeout ([`Config::idle_timeout`])
+//!   costs traffic one store per read or write: a connection's single
+//!   pending check looks at its activity stamp when it comes due.
+//! - **Stopping loses nothing accepted.** A graceful stop ([`Context::stop`],
+//!   [`Handle::stop`]) closes the listener and lets every connection flush
+//!   what was handed to `send` and exchange FINs, for up to
+//!   [`Config::drain_timeout`]; only then are stragglers cut with a reset.
+//!   `run` returns a [`StopReport`]: drained, forced, failed, bytes unsent.
+//!   [`Context::stop_now`] and [`Handle::stop_now`] skip the drain.
 //!
 //! # Layout
 //!
@@ -110,10 +134,14 @@
 //! | `reactor` | [`Reactor`]: the loop, one turn at a time |
 //! | `reactor/read` | serving a connection's input: reads, leftovers, EOF |
 //! | `reactor/accept` | accepting: budgets, limits, the pause after `EMFILE` |
+//! | `reactor/stop` | stopping: the graceful drain, `stop_now`, the report |
 //! | `table` | the slab of connections; send, flush, close |
 //! | `conn` | one connection's state and buffers |
 //! | `handler` | [`Handler`] and [`CloseReason`] |
 //! | `context` | [`Context`]: what a callback may do |
+//! | `timer` | timers and connection deadlines: one heap, [`TimerId`] |
+//! | `handle` | [`Handle`]: other threads' way in (waker + command queue) |
+//! | `stop` | [`StopReport`] |
 //! | `id` | [`ConnId`] and the tokens it travels in |
 //! | `stats` | [`Stats`] and [`StatsReader`] |
 //! | `echo` | [`Echo`], the echo handler |
