@@ -5,13 +5,19 @@
 //! first command after the loop emptied the queue wakes it (one `write` to
 //! the eventfd per batch, not per command), so many threads sending at once
 //! cost the loop one wake-up per turn.
+//!
+//! A stop takes no lock: it raises an atomic level and wakes the loop (an
+//! eventfd `write`), so it is async-signal-safe and a signal handler may
+//! call it.
 
 use std::fmt;
 use std::mem;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::{Registry, Token, Waker};
 
+use crate::stop::StopRequest;
 use crate::{ConnId, Error};
 
 /// The waker's token: above every connection's (a slot index stays below
@@ -20,8 +26,6 @@ pub(crate) const WAKER: Token = Token(usize::MAX - 1);
 
 /// What a [`Handle`] asks of the loop.
 pub(crate) enum Command<M> {
-    Stop,
-    StopNow,
     Send(ConnId, Vec<u8>),
     Message(M),
 }
@@ -36,6 +40,9 @@ struct Inbox<M> {
 
 struct Shared<M> {
     inbox: Mutex<Inbox<M>>,
+    /// The strongest stop asked for and not yet taken by the loop
+    /// (`StopRequest as u8`).
+    stop: AtomicU8,
     waker: Waker,
 }
 
@@ -105,6 +112,7 @@ impl<M> Handle<M> {
                     open: true,
                     woken: false,
                 }),
+                stop: AtomicU8::new(StopRequest::None as u8),
                 waker,
             }),
         })
@@ -112,14 +120,26 @@ impl<M> Handle<M> {
 
     /// Stops the reactor gracefully, as [`Context::stop`](crate::Context::stop)
     /// does. Stopping a reactor that has stopped does nothing.
+    ///
+    /// Async-signal-safe: it takes no lock and allocates nothing (an atomic
+    /// update and a `write(2)` to the loop's eventfd), so a signal handler
+    /// may call it; `echo_reactor` stops on SIGTERM this way.
     pub fn stop(&self) {
-        let _ = self.push(Command::Stop);
+        self.request_stop(StopRequest::Graceful);
     }
 
     /// Stops the reactor at once, as [`Context::stop_now`](crate::Context::stop_now)
-    /// does. Also ends a graceful stop in progress.
+    /// does. Also ends a graceful stop in progress. Async-signal-safe, as
+    /// [`stop`](Self::stop).
     pub fn stop_now(&self) {
-        let _ = self.push(Command::StopNow);
+        self.request_stop(StopRequest::Now);
+    }
+
+    fn request_stop(&self, level: StopRequest) {
+        self.shared.stop.fetch_max(level as u8, Ordering::SeqCst);
+        // A failed wake is an OS fault with no one to report it to here;
+        // the request stays recorded and is seen on the loop's next turn.
+        let _ = self.shared.waker.wake();
     }
 
     /// Sends `data` to connection `id`, as [`Context::send`](crate::Context::send)
@@ -167,6 +187,19 @@ impl<M> Handle<M> {
             })?;
         }
         Ok(())
+    }
+
+    /// The loop's side: the stop asked for since the last call, if any.
+    pub(crate) fn take_stop_request(&self) -> StopRequest {
+        match self
+            .shared
+            .stop
+            .swap(StopRequest::None as u8, Ordering::SeqCst)
+        {
+            2 => StopRequest::Now,
+            1 => StopRequest::Graceful,
+            _ => StopRequest::None,
+        }
     }
 
     /// The loop's side: moves every queued command into `into` (which must

@@ -62,7 +62,8 @@
 //!    the nearest deadline (a timer, the end of an accept pause, the drain
 //!    deadline); else none: an idle reactor with no timers sleeps in
 //!    `epoll_wait` and never wakes.
-//! 2. **Poll**: `epoll_wait`; `EINTR` is retried. Then the clock is read,
+//! 2. **Poll**: `epoll_wait`. A signal (`EINTR`) ends the turn here, with
+//!    nothing done; `run` waits again. Then the clock is read,
 //!    once, if anything needs the time (timers, idle timeouts, a pause or a
 //!    drain); activity stamps and deadlines use that one reading.
 //! 3. **Dispatch**: the listener's event marks accepts pending; the

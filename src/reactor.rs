@@ -171,6 +171,11 @@ impl<H: Handler> Reactor<H> {
     /// its own: connections with data left over, a timer due, accepts to
     /// retry, a stop to finish. Does nothing once stopped.
     ///
+    /// A signal delivered to this thread while it waits (`EINTR`) ends the
+    /// turn early with nothing done, so a program driving the loop can act
+    /// on what its signal handlers recorded (`echo_reactor` stops this way
+    /// without a signal thread). [`run`](Self::run) just waits again.
+    ///
     /// # Errors
     ///
     /// As [`run`](Self::run).
@@ -180,7 +185,9 @@ impl<H: Handler> Reactor<H> {
         }
         let timeout = self.poll_timeout(timeout);
         self.stats_reader.publish(&self.table.stats);
-        self.wait_for_events(timeout)?;
+        if !self.wait_for_events(timeout)? {
+            return Ok(());
+        }
         if self.needs_clock() {
             self.table.clock.read();
         }
@@ -232,22 +239,22 @@ impl<H: Handler> Reactor<H> {
             || self.drain_deadline.is_some()
     }
 
-    /// Step 2: `epoll_wait`, retried on `EINTR`.
-    fn wait_for_events(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        loop {
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Error::Poll {
-                        op: "epoll_wait",
-                        source,
-                    });
-                }
+    /// Step 2: `epoll_wait`. Returns `false` when a signal interrupted it
+    /// (`EINTR`): the turn ends there, with nothing done and not counted,
+    /// so a program driving the loop sees the flags its signal handlers
+    /// set; `run` simply waits again.
+    fn wait_for_events(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {
+                self.table.stats.turns += 1;
+                Ok(true)
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(source) => Err(Error::Poll {
+                op: "epoll_wait",
+                source,
+            }),
         }
-        self.table.stats.turns += 1;
-        Ok(())
     }
 
     /// Step 3: each event serves its connection at once: flush queued
@@ -323,16 +330,15 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
-    /// Runs what handles have queued, in order.
+    /// Runs what handles have asked for: a stop, then queued commands in
+    /// order.
     fn run_commands(&mut self) {
+        let stop = self.handle.take_stop_request();
+        self.table.stop_request = self.table.stop_request.max(stop);
         let mut commands = mem::take(&mut self.commands);
         self.handle.take_commands(&mut commands);
         for command in commands.drain(..) {
             match command {
-                Command::Stop => {
-                    self.table.stop_request = self.table.stop_request.max(StopRequest::Graceful);
-                }
-                Command::StopNow => self.table.stop_request = StopRequest::Now,
                 Command::Send(id, data) => {
                     if let Err(e) = self.table.send(id, &data) {
                         log::debug!("send from a handle dropped: {e}");

@@ -3,14 +3,16 @@
 use std::fmt;
 
 /// What has been asked of the reactor; a later, stronger request wins.
+/// The discriminants are what a `Handle` stores in its atomic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(u8)]
 pub(crate) enum StopRequest {
     #[default]
-    None,
+    None = 0,
     /// Stop accepting, let connections drain up to `Config::drain_timeout`.
-    Graceful,
+    Graceful = 1,
     /// Close everything at once.
-    Now,
+    Now = 2,
 }
 
 /// What a stop achieved, returned by [`Reactor::run`](crate::Reactor::run)

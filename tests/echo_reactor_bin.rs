@@ -1,17 +1,26 @@
 //! The `echo_reactor` example as a program: its command line, the first
-//! line it prints, and echo over IPv4 and IPv6 loopback.
+//! line it prints, echo over IPv4 and IPv6 loopback, idle timeouts, and
+//! stopping on SIGINT and SIGTERM (gracefully, then at once).
+//!
+//! Socket states are observed in `/proc/net/tcp` (Linux, IPv4), never
+//! guessed from elapsed time.
 //!
 //! The binary is built with `cargo build --example echo_reactor` into this
 //! test's own target directory and profile (a no-op when `cargo test` has
 //! already built it), so the program tested is always the current source.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// The longest any wait on the program or a socket may take.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -152,6 +161,34 @@ impl Running {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+
+    /// Whether the program is still running after `window`: polls for an
+    /// exit until then. Observing absence needs a bounded window.
+    fn still_running_after(&mut self, window: Duration) -> bool {
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends `signal` to the program, which must not have been reaped yet.
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) only takes integers and touches no memory of this
+        // process. The pid is our own child, reaped only by `wait`, which the
+        // tests call after their last signal, so it names no other process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 impl Drop for Running {
@@ -189,7 +226,14 @@ fn whole_reader(mut stderr: ChildStderr) -> Receiver<String> {
 /// first line, which must be exactly `listening on <host:port>` with the
 /// same host and a real port.
 fn serve(addr: &str) -> (Running, SocketAddr) {
-    let mut program = Running::example(&["--addr", addr]);
+    serve_with(addr, &[])
+}
+
+/// As [`serve`], with more flags after `--addr`.
+fn serve_with(addr: &str, flags: &[&str]) -> (Running, SocketAddr) {
+    let mut args = vec!["--addr", addr];
+    args.extend_from_slice(flags);
+    let mut program = Running::example(&args);
     let line = program
         .next_line()
         .expect("a first line on stdout, not EOF");
@@ -290,12 +334,448 @@ fn help_exits_0_and_describes_the_flags() {
         let status = program.wait(DEADLINE);
         assert!(status.success(), "{flag}: {status}");
         let help = program.rest_of_stdout();
-        for option in ["--addr", "--max-conns"] {
+        for option in ["--addr", "--max-conns", "--idle-timeout", "--drain-timeout"] {
             assert!(
                 help.contains(option),
                 "{flag} output lacks {option}: {help}"
             );
         }
         assert_eq!(program.stderr(), "", "{flag}: nothing on stderr");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stopping on signals, and idle timeouts.
+
+/// `/proc/net/tcp`'s state of a listening socket.
+const TCP_LISTEN: u8 = 0x0A;
+
+/// One socket as `/proc/net/tcp` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TcpRow {
+    local: SocketAddr,
+    remote: SocketAddr,
+    state: u8,
+    /// Bytes written by the application and not yet acknowledged by the peer.
+    tx_queue: u64,
+    /// Bytes received and not yet read by the application.
+    rx_queue: u64,
+}
+
+/// Every IPv4 TCP socket of the machine, as of one read of `/proc/net/tcp`.
+fn tcp_table() -> Vec<TcpRow> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = fields.get(4)?.split_once(':')?;
+            Some(TcpRow {
+                local: common::proc_addr(fields.get(1)?)?,
+                remote: common::proc_addr(fields.get(2)?)?,
+                state: u8::from_str_radix(fields.get(3)?, 16).ok()?,
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Both ends of the loopback connection between `client` and `server`, as
+/// of one read of `/proc/net/tcp`: (client's socket, server's socket).
+fn both_ends(client: SocketAddr, server: SocketAddr) -> Option<(TcpRow, TcpRow)> {
+    let table = tcp_table();
+    let find = |local, remote| {
+        table
+            .iter()
+            .find(|row| row.local == local && row.remote == remote)
+            .copied()
+    };
+    Some((find(client, server)?, find(server, client)?))
+}
+
+/// Whether anything listens on `addr`.
+fn is_listening(addr: SocketAddr) -> bool {
+    tcp_table()
+        .iter()
+        .any(|row| row.local == addr && row.state == TCP_LISTEN)
+}
+
+/// A client whose receive buffer is tiny (set before connecting, so the
+/// window it offers stays small): an echo it does not read piles up in the
+/// server.
+fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect(&addr.into())
+        .expect("connect to the example");
+    let stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.set_write_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+}
+
+/// Waits until the server has read every byte `client` sent (the client's
+/// send queue and the server's receive queue are empty, twice in a row, so
+/// the state is settled), and returns the echo bytes the kernel holds:
+/// queued at the server's socket or received and unread at the client's.
+fn wait_until_server_read_all(client: SocketAddr, server: SocketAddr) -> u64 {
+    let mut last = None;
+    let mut held = 0;
+    common::wait_until("the server to read all the client sent", || {
+        let Some((c, s)) = both_ends(client, server) else {
+            return false;
+        };
+        let settled = last == Some((c, s));
+        last = Some((c, s));
+        held = s.tx_queue + c.rx_queue;
+        settled && c.tx_queue == 0 && s.rx_queue == 0
+    });
+    held
+}
+
+/// The one `stopped:` line the program logs on stderr.
+fn stop_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("echo_reactor INFO  stopped:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one stopped: line on stderr: {stderr}");
+    lines[0]
+}
+
+/// The stop report in a `stopped:` line: drained, forced, failed, unsent.
+fn drain_report(line: &str) -> [u64; 4] {
+    let (_, report) = line
+        .split_once("; drain: ")
+        .unwrap_or_else(|| panic!("no '; drain: ' in {line:?}"));
+    let mut numbers = report.split(", ").map(|part| {
+        part.split(' ')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("malformed stop report in {line:?}"))
+    });
+    let report = [(); 4].map(|()| numbers.next().expect("four numbers"));
+    assert_eq!(
+        line.split_once("; drain: ").map(|(_, r)| r),
+        Some(
+            format!(
+                "{} drained, {} forced, {} failed, {} bytes unsent",
+                report[0], report[1], report[2], report[3]
+            )
+            .as_str()
+        ),
+        "the stop report's format"
+    );
+    report
+}
+
+/// A connect to a port nobody listens on is refused, not queued.
+fn assert_refused(addr: SocketAddr) {
+    match TcpStream::connect(addr) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "connect: {e}"),
+        Ok(stream) => panic!(
+            "a connect to {addr} succeeded ({:?}) after the stop",
+            stream.local_addr()
+        ),
+    }
+}
+
+#[test]
+fn sigterm_delivers_the_pending_echo_then_fin_and_exits_0() {
+    const LEN: usize = 48 * 1024;
+    let (mut program, addr) = serve_with("127.0.0.1:0", &["--drain-timeout", "30"]);
+    let mut client = small_window_client(addr);
+    let me = client.local_addr().expect("client address");
+    let data = common::pattern_bytes(1, LEN);
+    client.write_all(&data).expect("send, not reading yet");
+    // A graceful stop ignores input not read yet: wait until all is read.
+    let in_kernel = wait_until_server_read_all(me, addr);
+    eprintln!(
+        "at SIGTERM: {in_kernel} echo bytes in the kernel, {} in the server",
+        LEN as u64 - in_kernel
+    );
+
+    program.signal(libc::SIGTERM);
+    let mut back = Vec::new();
+    client
+        .read_to_end(&mut back)
+        .expect("the whole echo, then EOF (not a reset)");
+    assert_eq!(back.len(), LEN, "echo length");
+    assert!(back == data, "the echo differs from what was sent");
+    // The server is draining (it waits for our FIN): the listener is shut.
+    assert!(
+        program.still_running_after(Duration::ZERO),
+        "the server waits for the client's FIN"
+    );
+    assert_refused(addr);
+    drop(client);
+
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(line.contains(" 1 accepted, 1 closed"), "{line}");
+    assert!(
+        line.contains(&format!("{LEN} bytes in, {LEN} bytes out")),
+        "{line}"
+    );
+    assert_eq!(drain_report(line), [1, 0, 0, 0], "{line}");
+}
+
+#[test]
+fn sigint_stops_gracefully_too() {
+    let (mut program, addr) = serve("127.0.0.1:0");
+    let mut client = connect(addr);
+    client.write_all(b"ping\n").expect("write");
+    let mut back = [0; 5];
+    client.read_exact(&mut back).expect("the echo");
+    assert_eq!(&back, b"ping\n");
+
+    program.signal(libc::SIGINT);
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("EOF from the server, not a reset");
+    assert_eq!(rest, b"", "nothing after the echo but EOF");
+    drop(client);
+
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(line.contains(" 1 accepted, 1 closed"), "{line}");
+    assert_eq!(drain_report(line), [1, 0, 0, 0], "{line}");
+    assert_refused(addr);
+}
+
+#[test]
+fn a_second_sigterm_cuts_a_drain_that_cannot_finish() {
+    const CHUNK: usize = 4096;
+    let (mut program, addr) = serve_with("127.0.0.1:0", &["--drain-timeout", "60"]);
+    let client = small_window_client(addr);
+    let me = client.local_addr().expect("client address");
+    // The client streams and never reads: the server fills its socket, then
+    // its own queue up to the high-water mark, then stops reading, and the
+    // writer blocks. It ends when the server resets the connection.
+    let written = Arc::new(AtomicU64::new(0));
+    let (writer_done, writer_ended) = mpsc::channel();
+    let mut writer = client.try_clone().expect("clone the client");
+    let counter = Arc::clone(&written);
+    std::thread::spawn(move || {
+        let chunk = common::pattern_bytes(3, CHUNK);
+        while writer.write_all(&chunk).is_ok() {
+            counter.fetch_add(CHUNK as u64, Ordering::SeqCst);
+        }
+        let _ = writer_done.send(());
+    });
+
+    // What the server process holds is what was written less what the
+    // kernel holds on either side. `written` lags the real count by less
+    // than a chunk, so the estimate is low, never high, once the state is
+    // settled (the same in three reads in a row).
+    let mut last = Vec::new();
+    let mut held_by_server = 0;
+    common::wait_until("the server to hold echo it cannot send", || {
+        let count = written.load(Ordering::SeqCst);
+        let Some((c, s)) = both_ends(me, addr) else {
+            return false;
+        };
+        last.push((count, c, s));
+        if last.len() > 3 {
+            last.remove(0);
+        }
+        let in_kernel = c.tx_queue + c.rx_queue + s.tx_queue + s.rx_queue;
+        held_by_server = count.saturating_sub(in_kernel);
+        last.len() == 3 && last.iter().all(|x| *x == last[0]) && held_by_server >= 32 * 1024
+    });
+
+    program.signal(libc::SIGTERM);
+    common::wait_until("the graceful stop to close the listener", || {
+        !is_listening(addr)
+    });
+    assert!(
+        program.still_running_after(Duration::from_millis(300)),
+        "a drain the client never lets finish (drain timeout 60 s) ended early"
+    );
+    assert!(
+        both_ends(me, addr).is_some(),
+        "the server's end of the connection is still open while draining"
+    );
+
+    program.signal(libc::SIGTERM);
+    let status = program.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    let [drained, forced, failed, unsent] = drain_report(line);
+    assert_eq!((drained, forced, failed), (0, 1, 0), "{line}");
+    assert!(
+        unsent >= held_by_server,
+        "the server held at least {held_by_server} bytes it could not send: {line}"
+    );
+    writer_ended
+        .recv_timeout(DEADLINE)
+        .expect("the client's writes fail once the server has reset it");
+    drop(client);
+}
+
+#[test]
+fn sigterm_with_no_clients_exits_0_and_stops_listening() {
+    let (mut program, addr) = serve("127.0.0.1:0");
+    program.signal(libc::SIGTERM);
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(line.contains(" 0 accepted, 0 closed"), "{line}");
+    assert_eq!(drain_report(line), [0, 0, 0, 0], "{line}");
+    assert_refused(addr);
+    assert_eq!(program.rest_of_stdout(), "", "nothing after the first line");
+}
+
+/// Reads until the server closes: `Ok` at EOF, and a reset counts as
+/// closed too. Returns when that happened.
+fn wait_for_close(stream: &mut TcpStream) -> Instant {
+    let mut buf = [0; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Instant::now(),
+            Ok(n) => panic!("{n} unexpected bytes from an idle connection"),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Instant::now(),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("waiting for the idle close: {e}"),
+        }
+    }
+}
+
+#[test]
+fn idle_timeout_closes_quiet_connections_only() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let (mut program, addr) = serve_with("127.0.0.1:0", &["--idle-timeout", "0.3"]);
+
+    // Active: an echo every ~50 ms for over a second, well within the timeout.
+    let active = std::thread::spawn(move || {
+        let mut stream = connect(addr);
+        let start = Instant::now();
+        let mut rounds = 0u32;
+        loop {
+            stream
+                .write_all(b"tick")
+                .expect("an active client is served");
+            let mut back = [0; 4];
+            stream
+                .read_exact(&mut back)
+                .expect("an active client gets its echo");
+            assert_eq!(&back, b"tick");
+            rounds += 1;
+            if start.elapsed() > Duration::from_secs(1) {
+                return (stream, rounds);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+
+    // Silent from the start: no earlier than IDLE after its connect began.
+    let before_connect = Instant::now();
+    let mut silent = connect(addr);
+    // Quiet after one echo: no earlier than IDLE after that activity began.
+    let mut quiet = connect(addr);
+    let before_ping = Instant::now();
+    quiet.write_all(b"once").expect("write");
+    let mut back = [0; 4];
+    quiet.read_exact(&mut back).expect("the echo");
+    assert_eq!(&back, b"once");
+
+    let silent_closed = wait_for_close(&mut silent);
+    let quiet_closed = wait_for_close(&mut quiet);
+    assert!(
+        silent_closed - before_connect >= IDLE,
+        "a silent connection was closed {:?} after its connect began",
+        silent_closed - before_connect
+    );
+    assert!(
+        quiet_closed - before_ping >= IDLE,
+        "a connection was closed {:?} after its last activity began",
+        quiet_closed - before_ping
+    );
+
+    let (mut stream, rounds) = active.join().expect("the active client");
+    assert!(rounds >= 2, "{rounds} echoes");
+    stream.write_all(b"last").expect("still served after 1 s");
+    stream
+        .read_exact(&mut back)
+        .expect("still served after 1 s");
+    assert_eq!(&back, b"last");
+
+    program.signal(libc::SIGTERM);
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("EOF on stop");
+    assert_eq!(rest, b"");
+    drop(stream);
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(
+        line.contains(" 3 accepted, 3 closed (0 reset, 2 timed out)"),
+        "{line}"
+    );
+    assert_eq!(drain_report(line), [1, 0, 0, 0], "{line}");
+}
+
+#[test]
+fn an_idle_timeout_during_the_drain_counts_as_failed() {
+    // StopReport: `failed` counts connections that ended otherwise while
+    // draining ("the peer reset it, an error, an idle timeout"); `forced`
+    // only those cut at the drain deadline or by stop_now.
+    let (mut program, addr) = serve_with(
+        "127.0.0.1:0",
+        &["--idle-timeout", "0.3", "--drain-timeout", "30"],
+    );
+    let mut client = connect(addr);
+    client.write_all(b"ping\n").expect("write");
+    let mut back = [0; 5];
+    client.read_exact(&mut back).expect("the echo");
+
+    program.signal(libc::SIGTERM);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).expect("EOF on stop");
+    assert_eq!(rest, b"");
+    // The client never sends its FIN: the drain cannot complete, and the
+    // idle timeout (0.3 s, far below the 30 s drain timeout) ends it.
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(line.contains("1 timed out"), "{line}");
+    assert_eq!(drain_report(line), [0, 0, 1, 0], "{line}");
+    drop(client);
+}
+
+#[test]
+fn bad_timeouts_exit_2_with_one_line_on_stderr() {
+    let cases: [&[&str]; 7] = [
+        &["--idle-timeout", "abc"],
+        &["--idle-timeout", "0"],
+        &["--idle-timeout", "-1"],
+        &["--idle-timeout"],
+        &["--drain-timeout", "abc"],
+        &["--drain-timeout", "0"],
+        &["--drain-timeout", "NaN"],
+    ];
+    for args in cases {
+        let mut program = Running::example(args);
+        let status = program.wait(DEADLINE);
+        assert_eq!(status.code(), Some(2), "{args:?}: {status}");
+        let stderr = program.stderr();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: stderr: {stderr:?}");
+        assert!(
+            stderr.starts_with("echo_reactor: ") && stderr.contains(args[0]),
+            "{args:?}: the message names the flag: {stderr:?}"
+        );
+        assert_eq!(program.rest_of_stdout(), "", "{args:?}: nothing on stdout");
     }
 }

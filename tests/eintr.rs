@@ -1,13 +1,16 @@
-//! `EINTR` from `epoll_wait` is retried, never fatal: a signal delivered to
-//! the reactor's thread while it sleeps in `run` does not end the loop.
+//! `EINTR` from `epoll_wait` is never fatal: a signal delivered to the
+//! reactor's thread while it sleeps in `run` does not end the loop, and
+//! ends a `run_once` wait early so the program driving it can act.
 //! Its own test binary: it installs a process-wide signal handler.
 
 mod common;
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use common::{any_local_address, echo_once, wait_until};
+use common::{DEADLINE, any_local_address, echo_once, wait_until};
 use tcp_reactor::{Config, ConnId, Context, Echo, Handler, Reactor};
 
 static SIGNALS_HANDLED: AtomicUsize = AtomicUsize::new(0);
@@ -34,10 +37,10 @@ impl Handler for StoppableEcho {
     }
 }
 
-#[test]
-fn signals_while_waiting_do_not_end_the_loop() {
-    // A handler without SA_RESTART: epoll_wait returns EINTR when it runs
-    // (epoll_wait is never restarted anyway, whatever the flags).
+/// Installs `count_signal` for SIGUSR1, without SA_RESTART: epoll_wait
+/// returns EINTR when it runs (it is never restarted anyway, whatever the
+/// flags).
+fn count_sigusr1() {
     // SAFETY: `count_signal` only touches an atomic, which is
     // async-signal-safe; the sigaction struct is fully initialised.
     unsafe {
@@ -49,6 +52,11 @@ fn signals_while_waiting_do_not_end_the_loop() {
             0
         );
     }
+}
+
+#[test]
+fn signals_while_waiting_do_not_end_the_loop() {
+    count_sigusr1();
 
     let mut reactor =
         Reactor::bind(any_local_address(), Config::default(), StoppableEcho).expect("bind");
@@ -83,4 +91,39 @@ fn signals_while_waiting_do_not_end_the_loop() {
     drop(stopper);
     let result = thread.join().expect("reactor thread");
     assert!(result.is_ok(), "run returned {result:?}");
+}
+
+#[test]
+fn a_signal_ends_a_run_once_wait_early_with_nothing_done() {
+    count_sigusr1();
+    let mut reactor =
+        Reactor::bind(any_local_address(), Config::default(), StoppableEcho).expect("bind");
+    let (returned, returns) = mpsc::channel();
+    // No connection, no timer: `run_once(None)` waits until a signal.
+    let thread = std::thread::spawn(move || {
+        for _ in 0..3 {
+            reactor.run_once(None).expect("run_once after EINTR");
+            if returned.send(()).is_err() {
+                break;
+            }
+        }
+        reactor
+    });
+    for i in 0..3 {
+        // The signal may land before the thread is back in epoll_wait;
+        // send it again until the wait ends.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid.
+            let rc = unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+            assert_eq!(rc, 0, "pthread_kill");
+            if returns.recv_timeout(Duration::from_millis(20)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "run_once {i} never returned");
+        }
+    }
+    let reactor = thread.join().expect("reactor thread");
+    assert_eq!(reactor.stats().turns, 0, "an interrupted wait is not a turn");
+    assert!(!reactor.is_stopped());
 }
