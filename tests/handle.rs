@@ -21,11 +21,14 @@ use tcp_reactor::{
     CloseReason, Config, ConnId, Context, Error, Handle, Handler, Reactor, StopReport, TimerId,
 };
 
+/// The reactor thread's result: the reactor back, and what `run` returned.
+type RunThread<H> = JoinHandle<(Reactor<H>, Result<StopReport, Error>)>;
+
 /// A reactor whose `run` is on its own thread; the test keeps its handle.
 struct Running<H: Handler> {
     addr: SocketAddr,
     handle: Handle<H::Message>,
-    thread: Option<JoinHandle<(Reactor<H>, Result<StopReport, Error>)>>,
+    thread: Option<RunThread<H>>,
 }
 
 /// Binds a reactor on `127.0.0.1:0` and calls `run` on a new thread.
@@ -64,6 +67,9 @@ impl<H: Handler> Drop for Running<H> {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
             self.handle.stop_now();
+            // Not `wait_until`: a panic here, while a failed test unwinds,
+            // would abort the whole binary. A reactor that will not stop is
+            // left behind after the deadline.
             let deadline = Instant::now() + DEADLINE;
             while !thread.is_finished() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(1));
@@ -182,15 +188,19 @@ fn sync_with_loop(handle: &Handle<Msg>, reports: &mut Reports<Seen>, n: u64) {
 }
 
 /// A graceful stop with one idle client: the client sees the server's FIN
-/// and closes, so the drain completes. Returns what `run` returned.
+/// and closes, so the drain completes. Returns the reactor (still alive)
+/// and what `run` returned.
 #[track_caller]
-fn stop_with_idle_client<H: Handler>(running: Running<H>, mut client: TcpStream) -> StopReport {
+fn stop_with_idle_client<H: Handler>(
+    running: Running<H>,
+    mut client: TcpStream,
+) -> (Reactor<H>, StopReport) {
     running.handle.stop();
     let rest = read_to_eof(&mut client).expect("the server's FIN after the stop");
     assert!(rest.is_empty(), "unexpected bytes before the FIN: {rest:?}");
     drop(client); // our FIN completes the drain
-    let (_reactor, result) = running.join();
-    result.expect("run returns Ok after a stop")
+    let (reactor, result) = running.join();
+    (reactor, result.expect("run returns Ok after a stop"))
 }
 
 #[test]
@@ -329,7 +339,7 @@ fn sends_from_eight_threads_reach_the_connection_whole_and_in_each_threads_order
     assert!(next.iter().all(|&n| n == PER_THREAD), "counts: {next:?}");
 
     // Nothing more follows: after the stop the client sees the FIN at once.
-    let report = stop_with_idle_client(running, client);
+    let (_reactor, report) = stop_with_idle_client(running, client);
     assert_eq!((report.drained, report.forced, report.failed), (1, 0, 0));
 }
 
@@ -368,7 +378,7 @@ fn send_to_a_closed_connection_is_accepted_dropped_and_harmless() {
     let mut echo = [0u8; 4];
     client.read_exact(&mut echo).expect("the echo");
     assert_eq!(&echo, b"ping");
-    let report = stop_with_idle_client(running, client);
+    let (_reactor, report) = stop_with_idle_client(running, client);
     assert_eq!((report.drained, report.forced, report.failed), (1, 0, 0));
 }
 
@@ -429,8 +439,12 @@ fn a_stopped_reactor_refuses_every_handle_call() {
     let id = id_of(&mut reports, &client);
     assert!(!handle.is_stopped());
 
-    let report = stop_with_idle_client(running, client);
+    let (reactor, report) = stop_with_idle_client(running, client);
     assert_eq!((report.drained, report.forced, report.failed), (1, 0, 0));
+    // Stopped, not dropped: the reactor is still here.
+    assert!(reactor.is_stopped());
+    assert_refuses_everything(&handle, id);
+    drop(reactor);
     assert_refuses_everything(&handle, id);
 }
 
