@@ -184,7 +184,10 @@ impl<H: Handler> Reactor<H> {
             return Ok(());
         }
         let timeout = self.poll_timeout(timeout);
-        self.stats_reader.publish(&self.table.stats);
+        // Before a wait with no end, the snapshot must go out: readers
+        // would otherwise see a stale one for as long as the loop sleeps.
+        self.stats_reader
+            .publish(&self.table.stats, timeout.is_none());
         if !self.wait_for_events(timeout)? {
             return Ok(());
         }

@@ -52,8 +52,10 @@ pub struct Stats {
 ///
 /// The reactor publishes a snapshot once per loop turn, just before it
 /// waits for events, so what a reader sees is at most one turn old and
-/// always consistent with itself. Publishing never blocks the loop: if a
-/// reader holds the lock at that moment, that turn's snapshot is skipped.
+/// always consistent with itself. Publishing does not wait for readers: if
+/// a reader holds the lock at that moment, that turn's snapshot is skipped;
+/// except the snapshot before a wait with no timeout, which waits for the
+/// reader's copy to end, so an idle loop never leaves a stale one behind.
 #[derive(Debug, Clone, Default)]
 pub struct StatsReader {
     shared: Arc<Mutex<Stats>>,
@@ -68,8 +70,20 @@ impl StatsReader {
         }
     }
 
-    pub(crate) fn publish(&self, stats: &Stats) {
-        if let Ok(mut shared) = self.shared.try_lock() {
+    /// Publishes `stats`. With `must`, waits for a reader holding the lock
+    /// (it only copies a snapshot); otherwise skips this snapshot rather
+    /// than wait.
+    pub(crate) fn publish(&self, stats: &Stats, must: bool) {
+        let shared = match self.shared.try_lock() {
+            Ok(shared) => Some(shared),
+            Err(_) if must => Some(
+                self.shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            Err(_) => None,
+        };
+        if let Some(mut shared) = shared {
             *shared = *stats;
         }
     }

@@ -77,7 +77,7 @@ impl<H: Handler> Reactor<H> {
         self.drain_deadline = None;
         self.table.timers.clear();
         self.handle.close();
-        self.stats_reader.publish(&self.table.stats);
+        self.stats_reader.publish(&self.table.stats, true);
         if let Some(report) = self.table.stop_report {
             log::debug!("stopped: {report}");
         }
