@@ -75,8 +75,9 @@ pub struct Config {
     /// idle connections open. Checked lazily: activity stamps the connection
     /// with the clock read once per turn, and a connection's one pending
     /// check looks at the stamp when it comes due, so traffic costs no timer
-    /// work. Closed no earlier than the timeout, and normally within a
-    /// millisecond or two after.
+    /// work. The stamp is the time the turn began, so the timeout counts
+    /// from the start of the turn of the last activity. Closed no earlier
+    /// than that, and normally within a millisecond or two after.
     pub idle_timeout: Option<Duration>,
     /// How long a graceful close ([`Context::close`](crate::Context::close),
     /// the default `on_eof`) may take to flush its output and see the peer's
