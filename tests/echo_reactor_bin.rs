@@ -413,6 +413,9 @@ fn small_window_client(addr: SocketAddr) -> TcpStream {
         .connect(&addr.into())
         .expect("connect to the example");
     let stream = TcpStream::from(socket);
+    // Every write goes out at once: Nagle would hold a chunk's tail until
+    // the server acknowledges, which it may delay.
+    stream.set_nodelay(true).expect("TCP_NODELAY");
     stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
     stream.set_write_timeout(Some(DEADLINE)).expect("timeout");
     stream

@@ -124,6 +124,10 @@ fn a_signal_ends_a_run_once_wait_early_with_nothing_done() {
         }
     }
     let reactor = thread.join().expect("reactor thread");
-    assert_eq!(reactor.stats().turns, 0, "an interrupted wait is not a turn");
+    assert_eq!(
+        reactor.stats().turns,
+        0,
+        "an interrupted wait is not a turn"
+    );
     assert!(!reactor.is_stopped());
 }
