@@ -20,7 +20,8 @@ pub(crate) enum StopRequest {
 ///
 /// Every connection open when the stop began is counted once: `drained`
 /// if it ended cleanly, `forced` if the stop cut it, `failed` if it ended
-/// otherwise while draining (the peer reset it, an error, an idle timeout).
+/// otherwise while draining (the peer reset it, an error, the idle or close
+/// timeout).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StopReport {

@@ -430,12 +430,9 @@ impl ConnTable {
 
     /// Ends a connection whose time ran out: with a reset if `cut` (output
     /// queued, or a close that never completed), else closed as it is.
+    /// During a stop's drain this counts as failed in the report: the
+    /// connection did not drain, and `on_close` learns why.
     fn time_out(&mut self, id: ConnId, cut: bool) {
-        if self.get(id).is_some_and(|c| c.has(flag::STOPPING)) {
-            // Draining for a stop: the stop's deadline cut it, in effect.
-            self.end_for_stop(id, true);
-            return;
-        }
         self.stats.timed_out += 1;
         if cut {
             self.drop_connection(id, CloseReason::TimedOut);
