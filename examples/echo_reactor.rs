@@ -75,7 +75,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 ))?);
             }
             "--idle-timeout" => {
-                parsed.idle_timeout = Some(seconds(&flag, &value("--idle-timeout")?)?);
+                let idle = seconds(&flag, &value("--idle-timeout")?)?;
+                // The library's own rule (1 ms to 24 days), reported as a
+                // bad flag rather than a failure to start.
+                Config::default()
+                    .idle_timeout(Some(idle))
+                    .validate()
+                    .map_err(|e| format!("--idle-timeout: {e}"))?;
+                parsed.idle_timeout = Some(idle);
             }
             "--drain-timeout" => {
                 parsed.drain_timeout = Some(seconds(&flag, &value("--drain-timeout")?)?);
