@@ -5,7 +5,7 @@
 //!
 //! The binary is built with `cargo build --example echo_bench` into this
 //! test's own target directory and profile (a no-op when `cargo test` has
-//! already built it), as `tests/echo_reactor_bin.rs` does for its example.
+//! already built it), by `common::example::build`.
 
 mod common;
 
@@ -21,59 +21,10 @@ use tcp_reactor::{Config, Echo};
 /// The longest a bench run may take (it bounds itself to about a second).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The longest building the example may take.
-const BUILD_DEADLINE: Duration = Duration::from_secs(600);
-
 /// The example's path, built once per test binary.
 fn echo_bench() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(build_example)
-}
-
-/// `current_exe` is `<target>/[<triple>/]<profile dir>/deps/<test>`; the
-/// example goes to `<profile dir>/examples/echo_bench`.
-fn build_example() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in <profile>/deps");
-    let profile_name = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile directory name");
-    // `debug` is where the dev and test profiles build.
-    let profile = if profile_name == "debug" {
-        "dev"
-    } else {
-        profile_name
-    };
-    let mut target_dir = profile_dir.parent().expect("target directory");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", "echo_bench", "--profile"])
-        .arg(profile);
-    // Cross builds add a `<triple>` level; cargo tags the target root.
-    if !target_dir.join("CACHEDIR.TAG").exists() {
-        if let (Some(root), Some(triple)) = (target_dir.parent(), target_dir.file_name()) {
-            cargo.arg("--target").arg(triple);
-            target_dir = root;
-        }
-    }
-    cargo.arg("--target-dir").arg(target_dir);
-    let build = Finished::run(&mut cargo, BUILD_DEADLINE);
-    assert!(
-        build.status.success(),
-        "cargo build --example echo_bench: {}\n{}",
-        build.status,
-        build.stderr
-    );
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("echo_bench{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.is_file(), "{} was not built", binary.display());
-    binary
+    BINARY.get_or_init(|| common::example::build("echo_bench"))
 }
 
 /// A program run to its end, killed if it overruns its deadline.

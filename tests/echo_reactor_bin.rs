@@ -25,63 +25,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// The longest any wait on the program or a socket may take.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The longest building the example may take.
-const BUILD_DEADLINE: Duration = Duration::from_secs(600);
-
 /// The example's path, built once per test binary.
 fn echo_reactor() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(build_example)
-}
-
-/// `current_exe` is `<target>/[<triple>/]<profile dir>/deps/<test>`; the
-/// example goes to `<profile dir>/examples/echo_reactor`.
-fn build_example() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in <profile>/deps");
-    let profile_name = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile directory name");
-    // `debug` is where the dev and test profiles build.
-    let profile = if profile_name == "debug" {
-        "dev"
-    } else {
-        profile_name
-    };
-    let mut target_dir = profile_dir.parent().expect("target directory");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", "echo_reactor", "--profile"])
-        .arg(profile);
-    // Cross builds add a `<triple>` level; cargo tags the target root.
-    if !target_dir.join("CACHEDIR.TAG").exists() {
-        if let (Some(root), Some(triple)) = (target_dir.parent(), target_dir.file_name()) {
-            cargo.arg("--target").arg(triple);
-            target_dir = root;
-        }
-    }
-    cargo
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut build = Running::spawn(&mut cargo);
-    let status = build.wait(BUILD_DEADLINE);
-    let errors = build.stderr();
-    assert!(
-        status.success(),
-        "cargo build --example echo_reactor: {status}\n{errors}"
-    );
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("echo_reactor{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.is_file(), "{} was not built", binary.display());
-    binary
+    BINARY.get_or_init(|| common::example::build("echo_reactor"))
 }
 
 /// A child process, killed and reaped when dropped; its output is read by

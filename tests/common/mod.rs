@@ -6,6 +6,8 @@
 //! synchronise: a wait polls the condition it is waiting for.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod example;
+
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream as StdStream};
