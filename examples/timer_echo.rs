@@ -62,17 +62,14 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next();
-        match (flag.as_str(), value) {
-            ("--addr", Some(v)) if v.parse::<SocketAddr>().is_ok() => {
-                addr = v.parse().unwrap_or(addr);
-            }
-            ("--timers", Some(v)) if v.parse::<usize>().is_ok() => {
-                timers = v.parse().unwrap_or(timers);
-            }
-            _ => {
-                eprintln!("usage: timer_echo [--addr HOST:PORT] [--timers N]");
-                return ExitCode::from(2);
-            }
+        let parsed = match (flag.as_str(), &value) {
+            ("--addr", Some(v)) => v.parse().map(|a| addr = a).is_ok(),
+            ("--timers", Some(v)) => v.parse().map(|n| timers = n).is_ok(),
+            _ => false,
+        };
+        if !parsed {
+            eprintln!("usage: timer_echo [--addr HOST:PORT] [--timers N]");
+            return ExitCode::from(2);
         }
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);

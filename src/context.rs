@@ -130,14 +130,14 @@ impl<'a> Context<'a> {
     /// from `run` with a [`StopReport`](crate::StopReport). Timers keep
     /// firing and messages keep arriving while connections drain.
     pub fn stop(&mut self) {
-        self.table.stop_request = self.table.stop_request.max(StopRequest::Graceful);
+        self.table.request_stop(StopRequest::Graceful);
     }
 
     /// Stops the reactor at the end of this loop turn without draining:
     /// each connection gets one last non-blocking flush and is closed, with
     /// a reset if output is still queued. Also ends a graceful stop early.
     pub fn stop_now(&mut self) {
-        self.table.stop_request = StopRequest::Now;
+        self.table.request_stop(StopRequest::Now);
     }
 
     /// Whether a stop has been asked for (new work is pointless: no new

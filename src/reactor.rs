@@ -336,8 +336,7 @@ impl<H: Handler> Reactor<H> {
     /// Runs what handles have asked for: a stop, then queued commands in
     /// order.
     fn run_commands(&mut self) {
-        let stop = self.handle.take_stop_request();
-        self.table.stop_request = self.table.stop_request.max(stop);
+        self.table.request_stop(self.handle.take_stop_request());
         let mut commands = mem::take(&mut self.commands);
         self.handle.take_commands(&mut commands);
         for command in commands.drain(..) {

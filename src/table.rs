@@ -383,6 +383,12 @@ impl ConnTable {
         self.closed.push_back((id, reason));
     }
 
+    /// Asks for a stop; a stronger request than the one pending wins
+    /// (`stop_now` over `stop`), a weaker one changes nothing.
+    pub(crate) fn request_stop(&mut self, request: StopRequest) {
+        self.stop_request = self.stop_request.max(request);
+    }
+
     /// Ends a connection for a stop and counts it in the report: with a
     /// reset if `cut` (output may be left, or the peer's FIN never came),
     /// else closed as it is.

@@ -38,17 +38,11 @@ impl<H: Handler> Reactor<H> {
     /// Graceful stop: no more accepting; every connection closes gracefully
     /// (flush, FIN, wait for the peer's FIN) until the drain deadline.
     fn begin_drain(&mut self) {
-        self.stopping = StopRequest::Graceful;
-        self.close_listener();
-        self.table.stop_report.get_or_insert_default();
+        let open = self.begin_stop(StopRequest::Graceful);
         let now = self.table.clock.read();
         self.drain_deadline = Some(deadline_after(now, self.config.drain_timeout));
-        let open = self.open_connections();
         log::debug!("stopping: draining {} connections", open.len());
         for id in open {
-            if let Some(conn) = self.table.get_mut(id) {
-                conn.flags |= flag::STOPPING;
-            }
             self.table.close(id);
         }
         self.finish_closes();
@@ -57,19 +51,29 @@ impl<H: Handler> Reactor<H> {
     /// `stop_now`: one last non-blocking flush each, then close, with a
     /// reset where output is left.
     fn stop_at_once(&mut self) {
-        self.stopping = StopRequest::Now;
-        self.close_listener();
-        self.table.stop_report.get_or_insert_default();
-        for id in self.open_connections() {
-            if let Some(conn) = self.table.get_mut(id) {
-                conn.flags |= flag::STOPPING;
-            }
+        for id in self.begin_stop(StopRequest::Now) {
             self.table.flush(id);
             let cut = self.table.get(id).is_some_and(|c| c.queued_output() > 0);
             self.table.end_for_stop(id, cut);
         }
         self.finish_closes();
         self.complete_stop();
+    }
+
+    /// What both kinds of stop start with: the listener closes, the report
+    /// starts counting, and every open connection is marked as ending for
+    /// the stop. Returns those connections.
+    fn begin_stop(&mut self, kind: StopRequest) -> Vec<ConnId> {
+        self.stopping = kind;
+        self.close_listener();
+        self.table.stop_report.get_or_insert_default();
+        let open = self.open_connections();
+        for &id in &open {
+            if let Some(conn) = self.table.get_mut(id) {
+                conn.flags |= flag::STOPPING;
+            }
+        }
+        open
     }
 
     fn complete_stop(&mut self) {
