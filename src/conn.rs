@@ -80,6 +80,7 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
+    #[inline]
     pub(crate) fn queued_output(&self) -> usize {
         self.output.len() - self.output_start
     }
@@ -110,30 +111,36 @@ impl Conn {
         }
     }
 
+    #[inline]
     pub(crate) fn has(&self, bits: u16) -> bool {
         self.flags & bits != 0
     }
 
+    #[inline]
     pub(crate) fn queued_output(&self) -> usize {
         self.bufs.as_ref().map_or(0, |b| b.queued_output())
     }
 
+    #[inline]
     pub(crate) fn has_input(&self) -> bool {
         self.bufs.as_ref().is_some_and(|b| !b.input.is_empty())
     }
 
     /// An edge said readable and nothing stops reading.
+    #[inline]
     pub(crate) fn wants_read(&self) -> bool {
         self.has(flag::READABLE) && !self.has(flag::NO_READ)
     }
 
     /// A read saw `WouldBlock` or EOF: nothing is left until the next edge.
+    #[inline]
     pub(crate) fn mark_drained(&mut self) {
         self.flags &= !(flag::READABLE | flag::DRAIN_TO_END);
     }
 
     /// Whether this is the live connection `id` names: the same tenant of
     /// the slot, and not closed.
+    #[inline]
     pub(crate) fn is(&self, id: ConnId) -> bool {
         self.generation == id.generation() && !self.has(flag::DEAD)
     }

@@ -22,6 +22,7 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
+    #[inline]
     pub(crate) fn new(table: &'a mut ConnTable) -> Context<'a> {
         Context { table }
     }
@@ -36,6 +37,7 @@ impl<'a> Context<'a> {
     /// [`Error::UnknownConnection`] for a closed id, [`Error::WriteClosed`]
     /// after `close` or `shutdown_write`, [`Error::OutputLimit`] when the
     /// queue would pass `max_output` (the connection is then aborted).
+    #[inline]
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         self.table.send(id, data)
     }

@@ -27,30 +27,36 @@ pub(crate) const LISTENER: Token = Token(usize::MAX);
 pub struct ConnId(u64);
 
 impl ConnId {
+    #[inline]
     pub(crate) fn new(index: usize, generation: u32) -> ConnId {
         ConnId(((generation as u64) << 32) | index as u64)
     }
 
+    #[inline]
     pub(crate) fn from_token(token: Token) -> ConnId {
         ConnId(token.0 as u64)
     }
 
+    #[inline]
     pub(crate) fn token(self) -> Token {
         Token(self.0 as usize)
     }
 
     /// The slab index of the connection's slot.
+    #[inline]
     pub(crate) fn index(self) -> usize {
         (self.0 & u64::from(u32::MAX)) as usize
     }
 
     /// The generation the slot had when this connection took it.
+    #[inline]
     pub(crate) fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
 
     /// The id as one number, for logs and maps. Stable for the connection's
     /// life; unique among connections of one reactor.
+    #[inline]
     pub fn as_u64(self) -> u64 {
         self.0
     }

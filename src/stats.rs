@@ -72,8 +72,17 @@ impl StatsReader {
 
     /// Publishes `stats`. With `must`, waits for a reader holding the lock
     /// (it only copies a snapshot); otherwise skips this snapshot rather
-    /// than wait.
+    /// than wait. Costs one load while nobody holds a reader: the reactor's
+    /// own copy is then the only one, and nobody could see the snapshot.
+    #[inline]
     pub(crate) fn publish(&self, stats: &Stats, must: bool) {
+        if Arc::strong_count(&self.shared) > 1 {
+            self.publish_to_readers(stats, must);
+        }
+    }
+
+    #[inline(never)]
+    fn publish_to_readers(&self, stats: &Stats, must: bool) {
         let shared = match self.shared.try_lock() {
             Ok(shared) => Some(shared),
             Err(_) if must => Some(
@@ -86,5 +95,13 @@ impl StatsReader {
         if let Some(mut shared) = shared {
             *shared = *stats;
         }
+    }
+
+    /// A new reader, holding the latest counters from the start (they were
+    /// not published while there was no reader).
+    pub(crate) fn new_reader(&self, stats: &Stats) -> StatsReader {
+        let reader = self.clone();
+        reader.publish_to_readers(stats, true);
+        reader
     }
 }

@@ -24,6 +24,9 @@ const BUFFER_POOL_SIZE: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) read_chunk: usize,
+    /// What one read may take when nothing is queued either way: the read
+    /// chunk, capped by the write high water mark and `max_input`.
+    pub(crate) read_limit: usize,
     pub(crate) high_water: usize,
     pub(crate) low_water: usize,
     pub(crate) max_input: usize,
@@ -36,6 +39,10 @@ impl Limits {
     pub(crate) fn from_config(config: &Config) -> Limits {
         Limits {
             read_chunk: config.read_chunk,
+            read_limit: config
+                .read_chunk
+                .min(config.write_high_water)
+                .min(config.max_input),
             high_water: config.write_high_water,
             low_water: config.write_low_water,
             max_input: config.max_input,
@@ -117,10 +124,12 @@ impl ConnTable {
 
     /// The live connection with this id: not closed, not another tenant of
     /// its slot.
+    #[inline]
     pub(crate) fn get(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(id.index()).filter(|c| c.is(id))
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         live_mut(&mut self.conns, id)
     }
@@ -128,6 +137,7 @@ impl ConnTable {
     /// Writes `data` at once if nothing is queued; queues what the kernel
     /// does not take. A socket error closes the connection (reported through
     /// `on_close`) and is not an error of the send.
+    #[inline]
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         let conn = live_mut(&mut self.conns, id).ok_or(Error::UnknownConnection(id))?;
         if conn.has(flag::NO_WRITE) {
@@ -517,6 +527,7 @@ impl ConnTable {
 
 /// The live connection with this id, borrowing only the slab (so the caller
 /// can still reach the table's other fields).
+#[inline]
 pub(crate) fn live_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
     conns.get_mut(id.index()).filter(|c| c.is(id))
 }

@@ -165,6 +165,7 @@ pub(crate) struct Timers {
 impl Timers {
     /// Whether no entry, live or dead, is in the heap (the loop then needs
     /// no clock and no poll timeout for timers).
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -183,6 +184,7 @@ impl Timers {
 
     /// The sequence number the next entry will get: entries below it were
     /// set before now.
+    #[inline]
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }

@@ -42,31 +42,37 @@ impl<H: Handler> Reactor<H> {
                 return;
             }
             budget -= 1;
-            let limits = self.table.limits;
-            let queued = conn.queued_output();
-            let out_room = limits.high_water.saturating_sub(queued);
-            let in_room = limits
-                .max_input
-                .saturating_sub(conn.bufs.as_ref().map_or(0, |b| b.input.len()));
-            let limit = limits.read_chunk.min(out_room).min(in_room);
-            if limit == 0 {
-                if in_room == 0 {
-                    self.input_full(id);
+            let limits = &self.table.limits;
+            let limit = match conn.bufs.as_deref() {
+                // Nothing waits either way: the whole room, straight into
+                // the scratch buffer.
+                None => limits.read_limit,
+                Some(bufs) => {
+                    let out_room = limits.high_water.saturating_sub(bufs.queued_output());
+                    let in_room = limits.max_input.saturating_sub(bufs.input.len());
+                    let limit = limits.read_chunk.min(out_room).min(in_room);
+                    if limit == 0 {
+                        if in_room == 0 {
+                            self.input_full(id);
+                        }
+                        return;
+                    }
+                    if !bufs.input.is_empty() {
+                        if !self.read_after_leftover(id, limit) {
+                            return;
+                        }
+                        continue;
+                    }
+                    limit
                 }
-                return;
-            }
-            if conn.has_input() {
-                if !self.read_after_leftover(id, limit) {
-                    return;
-                }
-                continue;
-            }
+            };
             match conn.stream.read(&mut self.scratch[..limit]) {
                 Ok(0) => return self.peer_eof(id),
                 Ok(n) => {
                     self.table.stats.bytes_in += n as u64;
                     conn.last_active = self.table.clock.now_ms;
-                    if n < limit && !conn.has(flag::DRAIN_TO_END) {
+                    let drained = n < limit && !conn.has(flag::DRAIN_TO_END);
+                    if drained {
                         // Short read: drained. Edge-triggered polling will
                         // report bytes that arrive later; no read is spent
                         // to see WouldBlock.
@@ -74,6 +80,11 @@ impl<H: Handler> Reactor<H> {
                     }
                     if !conn.has(flag::CLOSING) {
                         self.deliver(id, n);
+                    }
+                    if drained {
+                        // Nothing more to read. A callback that resumed
+                        // reading has queued the connection to be read.
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
