@@ -32,6 +32,14 @@ use crate::{
 /// See the [crate documentation](crate) for one loop turn step by step and
 /// the guarantees the handler can rely on.
 pub struct Reactor<H: Handler> {
+    /// The `epoll_wait` output buffer, apart from the rest so a turn can
+    /// iterate it while serving each event through `&mut Core`.
+    events: Events,
+    core: Core<H>,
+}
+
+/// Everything a loop turn works on.
+struct Core<H: Handler> {
     handler: H,
     /// Handler state per connection, indexed like the slab. Kept apart from
     /// the slab so a callback can hold its own connection's state while its
@@ -39,10 +47,6 @@ pub struct Reactor<H: Handler> {
     user: Vec<Option<H::Conn>>,
     table: ConnTable,
     poll: Poll,
-    /// The `epoll_wait` output buffer. Taken out of the reactor for a turn
-    /// (a move of three words, no allocation) so events can be served
-    /// through `&mut self`; rebuilt if a panicking handler lost it.
-    events: Option<Events>,
     /// `None` once stopped.
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -89,66 +93,68 @@ impl<H: Handler> Reactor<H> {
             source,
         })?;
         Ok(Reactor {
-            handler,
-            user: Vec::new(),
-            table: ConnTable::new(&config),
-            poll,
-            events: Some(Events::with_capacity(config.event_capacity)),
-            listener: Some(listener),
-            local_addr,
-            scratch: vec![0; config.read_chunk],
-            config,
-            accept: AcceptState::default(),
-            stats_reader: StatsReader::default(),
-            handle,
-            commands: Vec::new(),
-            stopping: StopRequest::None,
-            drain_deadline: None,
-            stopped: false,
+            events: Events::with_capacity(config.event_capacity),
+            core: Core {
+                handler,
+                user: Vec::new(),
+                table: ConnTable::new(&config),
+                poll,
+                listener: Some(listener),
+                local_addr,
+                scratch: vec![0; config.read_chunk],
+                config,
+                accept: AcceptState::default(),
+                stats_reader: StatsReader::default(),
+                handle,
+                commands: Vec::new(),
+                stopping: StopRequest::None,
+                drain_deadline: None,
+                stopped: false,
+            },
         })
     }
 
     /// The address the listener is bound to; with port 0, the real port.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.core.local_addr
     }
 
     /// The counters as of now.
     pub fn stats(&self) -> Stats {
-        self.table.stats
+        self.core.table.stats
     }
 
     /// A reader of the counters for other threads (updated once per turn).
     pub fn stats_reader(&self) -> StatsReader {
-        self.stats_reader.new_reader(&self.table.stats)
+        self.core.stats_reader.new_reader(&self.core.table.stats)
     }
 
     /// The handler, for a program that drives the loop with `run_once`.
     pub fn handler(&self) -> &H {
-        &self.handler
+        &self.core.handler
     }
 
     /// The handler, mutably.
     pub fn handler_mut(&mut self) -> &mut H {
-        &mut self.handler
+        &mut self.core.handler
     }
 
     /// A handle to control this reactor from other threads: stop it, send
     /// to a connection, message the handler. Clone it freely.
     pub fn handle(&self) -> Handle<H::Message> {
-        self.handle.clone()
+        self.core.handle.clone()
     }
 
     /// Whether the reactor has stopped: a stop (from [`Context::stop`], or
     /// a [`Handle`]) has finished draining.
     pub fn is_stopped(&self) -> bool {
-        self.stopped
+        self.core.stopped
     }
 
     /// What the stop achieved, once the reactor has stopped.
     pub fn stop_report(&self) -> Option<StopReport> {
-        if self.stopped {
-            Some(self.table.stop_report.unwrap_or_default())
+        if self.core.stopped {
+            Some(self.core.table.stop_report.unwrap_or_default())
         } else {
             None
         }
@@ -163,10 +169,10 @@ impl<H: Handler> Reactor<H> {
     /// Only [`Error::Poll`], when `epoll_wait` itself fails (an OS fault;
     /// `EINTR` is retried). Nothing a peer does makes `run` return.
     pub fn run(&mut self) -> Result<StopReport, Error> {
-        while !self.stopped {
+        while !self.core.stopped {
             self.run_once(None)?;
         }
-        Ok(self.table.stop_report.unwrap_or_default())
+        Ok(self.core.table.stop_report.unwrap_or_default())
     }
 
     /// Runs one turn, waiting at most `timeout` for events (`None`: until
@@ -183,31 +189,30 @@ impl<H: Handler> Reactor<H> {
     ///
     /// As [`run`](Self::run).
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        if self.stopped {
+        let core = &mut self.core;
+        if core.stopped {
             return Ok(());
         }
-        let timeout = self.poll_timeout(timeout);
+        let timeout = core.poll_timeout(timeout);
         // Before a wait with no end, the snapshot must go out: readers
         // would otherwise see a stale one for as long as the loop sleeps.
-        self.stats_reader
-            .publish(&self.table.stats, timeout.is_none());
-        let capacity = self.config.event_capacity;
-        let mut events = self
-            .events
-            .take()
-            .unwrap_or_else(|| Events::with_capacity(capacity));
-        let woke = self.wait_for_events(&mut events, timeout);
+        core.stats_reader
+            .publish(&core.table.stats, timeout.is_none());
+        if core.wait_for_events(&mut self.events, timeout)? {
+            core.serve_turn(&self.events);
+        }
+        Ok(())
+    }
+}
+
+impl<H: Handler> Core<H> {
+    /// Steps 3 to 8 of a turn, once `epoll_wait` has filled `events`.
+    fn serve_turn(&mut self, events: &Events) {
+        if self.needs_clock() {
+            self.table.clock.read();
+        }
         let carried = self.table.ready.len();
-        if let Ok(true) = woke {
-            if self.needs_clock() {
-                self.table.clock.read();
-            }
-            self.dispatch_events(&events);
-        }
-        self.events = Some(events);
-        if !woke? {
-            return Ok(());
-        }
+        self.dispatch_events(events);
         // Each step below is skipped with one test when it has nothing to
         // do, as it has on most turns of a busy loop.
         if carried > 0 {
@@ -225,7 +230,6 @@ impl<H: Handler> Reactor<H> {
         if self.table.stop_request != StopRequest::None {
             self.progress_stop();
         }
-        Ok(())
     }
 
     /// Step 1: zero if there is work already, else until the nearest
@@ -431,16 +435,16 @@ impl<H: Handler> Reactor<H> {
 impl<H: Handler> Drop for Reactor<H> {
     /// Handles refuse every call once the reactor is gone.
     fn drop(&mut self) {
-        self.handle.close();
+        self.core.handle.close();
     }
 }
 
 impl<H: Handler> std::fmt::Debug for Reactor<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reactor")
-            .field("local_addr", &self.local_addr)
-            .field("connections", &self.table.conns.len())
-            .field("stopped", &self.stopped)
+            .field("local_addr", &self.core.local_addr)
+            .field("connections", &self.core.table.conns.len())
+            .field("stopped", &self.core.stopped)
             .finish_non_exhaustive()
     }
 }

@@ -13,7 +13,7 @@ use crate::stop::StopRequest;
 use crate::timer::deadline_after;
 use crate::{Context, Handler};
 
-use super::Reactor;
+use super::Core;
 
 /// Where accepting stands. The listener is edge-triggered too: once told
 /// readable, we must accept until `WouldBlock` or we are never told again.
@@ -29,7 +29,7 @@ pub(super) struct AcceptState {
     warned: bool,
 }
 
-impl<H: Handler> Reactor<H> {
+impl<H: Handler> Core<H> {
     pub(super) fn below_max_connections(&self) -> bool {
         self.table.conns.len() < self.config.max_connections
     }

@@ -8,9 +8,9 @@ use crate::conn::flag;
 use crate::table::live_mut;
 use crate::{CloseReason, ConnId, Context, Handler};
 
-use super::Reactor;
+use super::Core;
 
-impl<H: Handler> Reactor<H> {
+impl<H: Handler> Core<H> {
     /// Queued output fell to the low water mark: tell the handler; reading
     /// resumes (and unconsumed input is offered again) in `read_connection`.
     #[cold]

@@ -5,9 +5,9 @@ use crate::stop::StopRequest;
 use crate::timer::deadline_after;
 use crate::{ConnId, Handler};
 
-use super::Reactor;
+use super::Core;
 
-impl<H: Handler> Reactor<H> {
+impl<H: Handler> Core<H> {
     /// Step 8: start the stop asked for this turn, and end a drain that is
     /// over (every connection gone) or out of time.
     pub(super) fn progress_stop(&mut self) {
