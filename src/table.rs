@@ -143,32 +143,74 @@ impl ConnTable {
         if conn.has(flag::NO_WRITE) {
             return Err(Error::WriteClosed(id));
         }
-        let mut rest = data;
-        if conn.bufs.as_ref().is_none_or(|b| b.queued_output() == 0) && !rest.is_empty() {
-            // Usually one write takes it all. After a partial write, try
-            // again until WouldBlock: only that promises a writable edge
-            // (Linux gives one after a partial write too; mio does not say so).
-            let (written, error) = write_until_blocked(&mut conn.stream, rest);
-            if written > 0 {
+        if conn.queued_output() > 0 || data.is_empty() {
+            // Behind what is queued, to keep the order (or nothing to do).
+            return self.queue_output(id, data);
+        }
+        // The common case, kept small enough to inline into a handler: one
+        // write, and the kernel takes it all.
+        match conn.stream.write(data) {
+            Ok(n) if n == data.len() => {
                 conn.last_active = self.clock.now_ms;
+                self.stats.bytes_out += n as u64;
+                Ok(())
             }
-            self.stats.bytes_out += written as u64;
-            if let Some(e) = error {
+            first => self.send_rest(id, data, first),
+        }
+    }
+
+    /// The first write of `send` did not take everything (`first` is what
+    /// it returned): write on until the kernel is full, queue the rest.
+    #[cold]
+    #[inline(never)]
+    fn send_rest(
+        &mut self,
+        id: ConnId,
+        data: &[u8],
+        first: io::Result<usize>,
+    ) -> Result<(), Error> {
+        let written = match first {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(e) => {
                 self.fail(id, e);
                 return Ok(());
             }
-            rest = &rest[written..];
+        };
+        let conn = &mut self.conns[id.index()];
+        // After a partial write, try again until WouldBlock: only that
+        // promises a writable edge (Linux gives one after a partial write
+        // too; mio does not say so).
+        let (more, error) = write_until_blocked(&mut conn.stream, &data[written..]);
+        let written = written + more;
+        if written > 0 {
+            conn.last_active = self.clock.now_ms;
         }
-        if rest.is_empty() {
+        self.stats.bytes_out += written as u64;
+        if let Some(e) = error {
+            self.fail(id, e);
             return Ok(());
         }
-        self.queue_output(id, rest)
+        match &data[written..] {
+            [] => Ok(()),
+            rest => self.queue_output(id, rest),
+        }
     }
 
     /// The kernel did not take everything: keep the rest until writable.
     #[cold]
     #[inline(never)]
     fn queue_output(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let limits = self.limits;
         let queued = self.get(id).map_or(0, Conn::queued_output);
         if queued + data.len() > limits.max_output {
