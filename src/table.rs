@@ -137,7 +137,8 @@ impl ConnTable {
     /// Writes `data` at once if nothing is queued; queues what the kernel
     /// does not take. A socket error closes the connection (reported through
     /// `on_close`) and is not an error of the send.
-    #[inline]
+    // Always inlined: a call would cost a third of what the fast path does.
+    #[inline(always)]
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
         let conn = live_mut(&mut self.conns, id).ok_or(Error::UnknownConnection(id))?;
         if conn.has(flag::NO_WRITE) {

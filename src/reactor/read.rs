@@ -23,8 +23,7 @@ impl<H: Handler> Core<H> {
 
     /// Reads while the connection has data, nothing stops reading and the
     /// turn's budget lasts; one read per edge unless a read fills its buffer.
-    pub(super) fn read_connection(&mut self, id: ConnId) {
-        let mut budget = self.config.reads_per_turn;
+    pub(super) fn read_connection(&mut self, id: ConnId, mut budget: usize) {
         loop {
             let Some(conn) = live_mut(&mut self.table.conns, id) else {
                 return;
@@ -66,39 +65,62 @@ impl<H: Handler> Core<H> {
                     limit
                 }
             };
-            match conn.stream.read(&mut self.scratch[..limit]) {
-                Ok(0) => return self.peer_eof(id),
-                Ok(n) => {
-                    self.table.stats.bytes_in += n as u64;
-                    conn.last_active = self.table.clock.now_ms;
-                    let drained = n < limit && !conn.has(flag::DRAIN_TO_END);
-                    if drained {
-                        // Short read: drained. Edge-triggered polling will
-                        // report bytes that arrive later; no read is spent
-                        // to see WouldBlock.
-                        conn.flags &= !flag::READABLE;
-                    }
-                    if !conn.has(flag::CLOSING) {
-                        self.deliver(id, n);
-                    }
-                    if drained {
-                        // Nothing more to read. A callback that resumed
-                        // reading has queued the connection to be read.
-                        return;
-                    }
+            let result = conn.stream.read(&mut self.scratch[..limit]);
+            if !self.after_read(id, limit, result) {
+                return;
+            }
+        }
+    }
+
+    /// Acts on what a read of at most `limit` bytes into the scratch buffer
+    /// returned. Returns whether to read again: the read filled its limit,
+    /// or the event said to read to the end, or it was interrupted.
+    pub(super) fn after_read(
+        &mut self,
+        id: ConnId,
+        limit: usize,
+        result: io::Result<usize>,
+    ) -> bool {
+        let Some(conn) = live_mut(&mut self.table.conns, id) else {
+            return false;
+        };
+        match result {
+            Ok(0) => {
+                self.peer_eof(id);
+                false
+            }
+            Ok(n) => {
+                self.table.stats.bytes_in += n as u64;
+                conn.last_active = self.table.clock.now_ms;
+                let drained = n < limit && !conn.has(flag::DRAIN_TO_END);
+                if drained {
+                    // Short read: drained. Edge-triggered polling will report
+                    // bytes that arrive later; no read is spent to see
+                    // WouldBlock.
+                    conn.flags &= !flag::READABLE;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.mark_drained();
-                    return;
+                if !conn.has(flag::CLOSING) {
+                    self.deliver(id, n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.table.fail(id, e),
+                // Drained: nothing more to read. A callback that resumed
+                // reading has queued the connection to be read.
+                !drained
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.mark_drained();
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                self.table.fail(id, e);
+                false
             }
         }
     }
 
     /// Hands `scratch[..n]` to the handler and keeps what it did not consume.
-    fn deliver(&mut self, id: ConnId, n: usize) {
+    #[inline]
+    pub(super) fn deliver(&mut self, id: ConnId, n: usize) {
         let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) else {
             return;
         };
