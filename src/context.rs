@@ -1,5 +1,6 @@
 //! What a handler callback may do: the `Context` it is given.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -84,7 +85,12 @@ impl<'a> Context<'a> {
     /// when the kernel has no address, for example after the peer reset.
     pub fn peer_addr(&self, id: ConnId) -> Result<SocketAddr, Error> {
         let conn = self.table.get(id).ok_or(Error::UnknownConnection(id))?;
-        conn.stream.peer_addr().map_err(|source| Error::Connection {
+        let address = conn.socket.peer_addr().and_then(|address| {
+            address
+                .as_socket()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
+        });
+        address.map_err(|source| Error::Connection {
             id,
             op: "getpeername",
             source,

@@ -6,7 +6,7 @@ mod stop;
 
 use accept::AcceptState;
 
-use std::io::{self, Read};
+use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -337,7 +337,7 @@ impl<H: Handler> Core<H> {
         // queued either way, so nothing to flush).
         if conn.flags == 0 && conn.bufs.is_none() && is_plain_readable(event) {
             let limit = self.table.limits.read_limit;
-            let result = conn.stream.read(&mut self.scratch[..limit]);
+            let result = conn.read(&mut self.scratch[..limit]);
             if let Ok(n @ 1..) = result {
                 if n < limit {
                     // A short read: drained, READABLE stays clear.
@@ -365,7 +365,7 @@ impl<H: Handler> Core<H> {
             // Ask for the error rather than wait for a read to surface it:
             // reading may be paused, or over (after EOF), and the connection
             // would linger.
-            if let Ok(Some(e)) = conn.stream.take_error() {
+            if let Ok(Some(e)) = conn.socket.take_error() {
                 self.table.fail(id, e);
                 return;
             }

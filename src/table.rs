@@ -3,15 +3,14 @@
 //! flush, close, abort, timers and the stop.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use mio::net::TcpStream;
 use slab::Slab;
-use socket2::SockRef;
+use socket2::Socket;
 
-use crate::conn::{Buffers, Conn, flag};
+use crate::conn::{self, Buffers, Conn, flag};
 use crate::stop::{StopReport, StopRequest};
 use crate::timer::{Clock, Target, Timers, deadline_after};
 use crate::{CloseReason, Config, ConnId, Error, Stats};
@@ -98,9 +97,9 @@ impl ConnTable {
     }
 
     /// Takes a slot for a new connection and returns its id.
-    pub(crate) fn insert(&mut self, stream: TcpStream) -> ConnId {
+    pub(crate) fn insert(&mut self, socket: Socket) -> ConnId {
         self.next_generation = self.next_generation.wrapping_add(1);
-        let conn = Conn::new(stream, self.next_generation, self.clock.now_ms);
+        let conn = Conn::new(socket, self.next_generation, self.clock.now_ms);
         let id = ConnId::new(self.conns.insert(conn), self.next_generation);
         self.stats.accepted += 1;
         self.stats.active += 1;
@@ -150,7 +149,7 @@ impl ConnTable {
         }
         // The common case, kept small enough to inline into a handler: one
         // write, and the kernel takes it all.
-        match conn.stream.write(data) {
+        match conn.write(data) {
             Ok(n) if n == data.len() => {
                 conn.last_active = self.clock.now_ms;
                 self.stats.bytes_out += n as u64;
@@ -189,7 +188,7 @@ impl ConnTable {
         // After a partial write, try again until WouldBlock: only that
         // promises a writable edge (Linux gives one after a partial write
         // too; mio does not say so).
-        let (more, error) = write_until_blocked(&mut conn.stream, &data[written..]);
+        let (more, error) = write_until_blocked(&conn.socket, &data[written..]);
         let written = written + more;
         if written > 0 {
             conn.last_active = self.clock.now_ms;
@@ -279,7 +278,7 @@ impl ConnTable {
             return false;
         };
         let (written, error) =
-            write_until_blocked(&mut conn.stream, &bufs.output[bufs.output_start..]);
+            write_until_blocked(&conn.socket, &bufs.output[bufs.output_start..]);
         bufs.output_start += written;
         let queued = bufs.queued_output();
         if written > 0 {
@@ -366,7 +365,7 @@ impl ConnTable {
         }
         if !conn.has(flag::WRITE_SHUT) {
             conn.flags |= flag::WRITE_SHUT;
-            if let Err(e) = conn.stream.shutdown(Shutdown::Write) {
+            if let Err(e) = conn.socket.shutdown(Shutdown::Write) {
                 self.fail(id, e);
                 return;
             }
@@ -399,7 +398,7 @@ impl ConnTable {
     /// learns that what it has not received will not come.
     pub(crate) fn drop_connection(&mut self, id: ConnId, reason: CloseReason) {
         if let Some(conn) = self.get(id) {
-            if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO)) {
+            if let Err(e) = conn.socket.set_linger(Some(Duration::ZERO)) {
                 log::debug!("conn {id}: SO_LINGER 0 before abort: {e}");
             }
             self.finish(id, reason);
@@ -579,10 +578,10 @@ pub(crate) fn live_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> 
 /// (`WouldBlock`, which promises a writable edge). Returns the bytes written
 /// and the socket error that stopped it, if any.
 #[inline]
-fn write_until_blocked(stream: &mut TcpStream, data: &[u8]) -> (usize, Option<io::Error>) {
+fn write_until_blocked(socket: &Socket, data: &[u8]) -> (usize, Option<io::Error>) {
     let mut written = 0;
     while written < data.len() {
-        match stream.write(&data[written..]) {
+        match conn::send(socket, &data[written..]) {
             Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -3,11 +3,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::Interest;
 use mio::net::TcpStream;
-use socket2::SockRef;
+use mio::unix::SourceFd;
+use socket2::Socket;
 
 use crate::stop::StopRequest;
 use crate::timer::deadline_after;
@@ -107,16 +109,22 @@ impl<H: Handler> Core<H> {
     }
 
     /// Sets up an accepted socket and gives it to the handler.
-    fn open(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn open(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // Held as a socket2 socket from here on (see `Conn::socket`).
+        let socket = Socket::from(OwnedFd::from(stream));
         if self.config.nodelay {
-            if let Err(e) = stream.set_nodelay(true) {
+            if let Err(e) = socket.set_tcp_nodelay(true) {
                 log::debug!("TCP_NODELAY for {peer}: {e}");
             }
         }
         // Urgent data stays in the byte stream: no byte silently vanishes,
         // and the reactor never needs MSG_OOB.
-        if let Err(e) = SockRef::from(&stream).set_out_of_band_inline(true) {
+        if let Err(e) = socket.set_out_of_band_inline(true) {
             log::debug!("SO_OOBINLINE for {peer}: {e}");
+        }
+        #[cfg(target_vendor = "apple")]
+        if let Err(e) = socket.set_nosigpipe(true) {
+            log::debug!("SO_NOSIGPIPE for {peer}: {e}");
         }
         let id = self.table.next_id();
         // Registered once for everything, never re-registered: edge-triggered
@@ -125,7 +133,7 @@ impl<H: Handler> Core<H> {
         if let Err(e) = self
             .poll
             .registry()
-            .register(&mut stream, id.token(), interest())
+            .register(&mut SourceFd(&socket.as_raw_fd()), id.token(), interest())
         {
             // ENOMEM or ENOSPC (max_user_watches): as short of resources as
             // EMFILE, and accepting more would only fail the same way.
@@ -133,7 +141,7 @@ impl<H: Handler> Core<H> {
             self.pause_accepting(&format!("epoll_ctl(ADD) for {peer} (dropped)"), &e);
             return;
         }
-        let inserted = self.table.insert(stream);
+        let inserted = self.table.insert(socket);
         debug_assert_eq!(inserted, id);
         let index = id.index();
         if self.user.len() <= index {

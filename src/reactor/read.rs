@@ -1,8 +1,8 @@
 //! Serving a connection's input: one read per edge, the handler's share,
 //! leftovers kept and offered again, the peer's FIN.
 
-use std::io::{self, Read};
-use std::mem;
+use std::io;
+use std::mem::{self, MaybeUninit};
 
 use crate::conn::flag;
 use crate::table::live_mut;
@@ -65,7 +65,7 @@ impl<H: Handler> Core<H> {
                     limit
                 }
             };
-            let result = conn.stream.read(&mut self.scratch[..limit]);
+            let result = conn.read(&mut self.scratch[..limit]);
             if !self.after_read(id, limit, result) {
                 return;
             }
@@ -185,7 +185,7 @@ impl<H: Handler> Core<H> {
         let start = input.len();
         input.resize(start + limit, 0);
         let conn = &mut self.table.conns[id.index()];
-        let result = conn.stream.read(&mut input[start..]);
+        let result = conn.read(&mut input[start..]);
         input.truncate(start + *result.as_ref().unwrap_or(&0));
         match result {
             Ok(0) => {
@@ -225,7 +225,7 @@ impl<H: Handler> Core<H> {
     #[cold]
     fn input_full(&mut self, id: ConnId) {
         let conn = &mut self.table.conns[id.index()];
-        match conn.stream.peek(&mut [0]) {
+        match conn.socket.peek(&mut [MaybeUninit::uninit()]) {
             Ok(0) => self.peer_eof(id),
             Ok(_) => self.input_overflow(id),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.mark_drained(),
