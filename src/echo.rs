@@ -20,7 +20,8 @@ impl Handler for Echo {
         log::debug!("conn {id}: open from {peer}");
     }
 
-    #[inline]
+    // Always inlined into the loop: a call costs a fifth of the echo.
+    #[inline(always)]
     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _conn: &mut (), data: &[u8]) -> usize {
         // The reactor reads no more than the room left under the write high
         // water mark, so this cannot pass `max_output`; a closed
