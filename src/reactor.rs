@@ -236,11 +236,11 @@ impl<H: Handler> Core<H> {
     /// deadline (a timer, the end of an accept pause, the drain deadline),
     /// else no limit; never more than the caller's `timeout`.
     fn poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
-        // Most turns: no work carried over and no deadline of our own.
+        // Most turns: no work carried over and no deadline of our own (a
+        // drain deadline exists only once a stop is asked for).
         if self.table.ready.is_empty()
             && !self.accept.pending
             && self.table.timers.is_empty()
-            && self.drain_deadline.is_none()
             && self.table.stop_request == StopRequest::None
         {
             return timeout;
@@ -258,6 +258,13 @@ impl<H: Handler> Core<H> {
             Some(Duration::ZERO)
         } else {
             let pause = self.accept.paused_until.filter(|_| accept_waits);
+            // Timers need the clock read every turn (`needs_clock`); the
+            // end of a pause or of a drain is measured from now.
+            let now = if pause.is_some() || self.drain_deadline.is_some() {
+                self.table.clock.read()
+            } else {
+                self.table.clock.now
+            };
             [
                 self.table.timers.next_deadline(),
                 pause,
@@ -266,8 +273,7 @@ impl<H: Handler> Core<H> {
             .into_iter()
             .flatten()
             .min()
-            // The clock was read this turn, or when a deadline was set.
-            .map(|next| next.saturating_duration_since(self.table.clock.now))
+            .map(|next| next.saturating_duration_since(now))
         };
         match (own, timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -275,13 +281,12 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// Whether this turn needs the time: for timers, idle stamps, the end
-    /// of an accept pause or of a drain. Otherwise the clock is not read.
+    /// Whether this turn needs the time: for timers, and for activity
+    /// stamps when idle timeouts are on. Otherwise the clock is not read
+    /// (the end of an accept pause or of a drain reads it where it is
+    /// checked).
     fn needs_clock(&self) -> bool {
-        !self.table.timers.is_empty()
-            || self.config.idle_timeout.is_some()
-            || self.accept.paused_until.is_some()
-            || self.drain_deadline.is_some()
+        !self.table.timers.is_empty() || self.config.idle_timeout.is_some()
     }
 
     /// Step 2: `epoll_wait`. Returns `false` when a signal interrupted it

@@ -23,7 +23,7 @@ impl<H: Handler> Core<H> {
         }
         let out_of_time = self
             .drain_deadline
-            .is_some_and(|deadline| self.table.clock.now >= deadline);
+            .is_some_and(|deadline| self.table.clock.read() >= deadline);
         if out_of_time {
             for id in self.open_connections() {
                 self.table.end_for_stop(id, true);
