@@ -63,9 +63,10 @@
 //!    deadline); else none: an idle reactor with no timers sleeps in
 //!    `epoll_wait` and never wakes.
 //! 2. **Poll**: `epoll_wait`. A signal (`EINTR`) ends the turn here, with
-//!    nothing done; `run` waits again. Then the clock is read,
-//!    once, if anything needs the time (timers, idle timeouts, a pause or a
-//!    drain); activity stamps and deadlines use that one reading.
+//!    nothing done; `run` waits again. Then the clock is read, once, if
+//!    timers are armed or idle timeouts are on; activity stamps and
+//!    deadlines use that one reading. (The end of an accept pause or of a
+//!    drain reads the clock where it is checked.)
 //! 3. **Dispatch**: the listener's event marks accepts pending; the
 //!    [`Handle`]'s waker runs queued commands (messages, sends, stop). A
 //!    connection's event flushes its queued output first, then reads: one

@@ -56,6 +56,9 @@ pub struct Stats {
 /// a reader holds the lock at that moment, that turn's snapshot is skipped;
 /// except the snapshot before a wait with no timeout, which waits for the
 /// reader's copy to end, so an idle loop never leaves a stale one behind.
+/// While no reader exists nothing is published (it would cost every turn
+/// for nobody); [`Reactor::stats_reader`](crate::Reactor::stats_reader)
+/// hands out a reader holding the counters as they are.
 #[derive(Debug, Clone, Default)]
 pub struct StatsReader {
     shared: Arc<Mutex<Stats>>,

@@ -277,8 +277,7 @@ impl ConnTable {
         let Some(bufs) = conn.bufs.as_mut() else {
             return false;
         };
-        let (written, error) =
-            write_until_blocked(&conn.socket, &bufs.output[bufs.output_start..]);
+        let (written, error) = write_until_blocked(&conn.socket, &bufs.output[bufs.output_start..]);
         bufs.output_start += written;
         let queued = bufs.queued_output();
         if written > 0 {

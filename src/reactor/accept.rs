@@ -130,11 +130,11 @@ impl<H: Handler> Core<H> {
         // Registered once for everything, never re-registered: edge-triggered
         // writable costs nothing while idle, and the hot path makes no
         // epoll_ctl call.
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&socket.as_raw_fd()), id.token(), interest())
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            id.token(),
+            interest(),
+        ) {
             // ENOMEM or ENOSPC (max_user_watches): as short of resources as
             // EMFILE, and accepting more would only fail the same way.
             self.table.stats.accept_errors += 1;
