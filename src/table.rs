@@ -139,7 +139,9 @@ impl ConnTable {
     // Always inlined: a call would cost a third of what the fast path does.
     #[inline(always)]
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let conn = live_mut(&mut self.conns, id).ok_or(Error::UnknownConnection(id))?;
+        let Some(conn) = live_mut(&mut self.conns, id) else {
+            return Err(Error::UnknownConnection(id));
+        };
         if conn.has(flag::NO_WRITE) {
             return Err(Error::WriteClosed(id));
         }
