@@ -502,6 +502,7 @@ impl ConnTable {
 
     /// Sweeps timer entries of closed connections out of the heap, when
     /// enough have piled up (see `Timers::compact`).
+    #[inline]
     pub(crate) fn sweep_timers(&mut self) {
         let conns = &self.conns;
         self.timers.compact(|target| match target {

@@ -40,6 +40,13 @@ impl fmt::Debug for TimerId {
     }
 }
 
+/// A time on the loop's clock: nanoseconds since the reactor was built
+/// (a `u64` lasts 584 years). Deadlines are plain integers, so comparing
+/// them and turning the nearest into a poll timeout costs a subtraction;
+/// `Instant` arithmetic costs several times that, on every turn while
+/// timers are armed.
+pub(crate) type Tick = u64;
+
 /// The loop's clock: read at most once per turn (after `epoll_wait`, and
 /// only when something needs the time), and wherever a deadline is set. The
 /// last reading is kept, so stamping a connection's activity costs a store.
@@ -47,40 +54,43 @@ impl fmt::Debug for TimerId {
 pub(crate) struct Clock {
     epoch: Instant,
     /// The latest reading.
-    pub(crate) now: Instant,
-    /// `now` in whole milliseconds since the reactor was built, wrapping
-    /// after 49 days (users subtract with `wrapping_sub`).
+    pub(crate) now: Tick,
+    /// `now` in whole milliseconds, wrapping after 49 days (users subtract
+    /// with `wrapping_sub`).
     pub(crate) now_ms: u32,
 }
 
 impl Clock {
     pub(crate) fn new() -> Clock {
-        let epoch = Instant::now();
         Clock {
-            epoch,
-            now: epoch,
+            epoch: Instant::now(),
+            now: 0,
             now_ms: 0,
         }
     }
 
     /// Reads the time and keeps it. Every reading of the clock goes through
     /// here, so `now` is never older than the last deadline set from it.
-    pub(crate) fn read(&mut self) -> Instant {
-        let now = Instant::now();
+    pub(crate) fn read(&mut self) -> Tick {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.now = now;
         // Truncation wraps the count after 49 days, as documented.
-        self.now_ms = now.duration_since(self.epoch).as_millis() as u32;
+        self.now_ms = (now / 1_000_000) as u32;
         now
     }
 }
 
-/// `now + after`, or a time centuries away when that is past what the
-/// clock can hold (a timeout of `Duration::MAX` means "never").
-pub(crate) fn deadline_after(now: Instant, after: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    now.checked_add(after)
-        .or_else(|| now.checked_add(FAR))
-        .unwrap_or(now)
+/// `now + after`, saturating: a timeout too long for the clock (such as
+/// `Duration::MAX`) means "never".
+#[inline]
+pub(crate) fn deadline_after(now: Tick, after: Duration) -> Tick {
+    now.saturating_add(u64::try_from(after.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The time left from `now` until `deadline`; zero once it has passed.
+#[inline]
+pub(crate) fn time_until(deadline: Tick, now: Tick) -> Duration {
+    Duration::from_nanos(deadline.saturating_sub(now))
 }
 
 /// The shortest repeat period of [`Context::set_interval`](crate::Context::set_interval):
@@ -112,7 +122,7 @@ struct UserTimer {
 
 #[derive(Debug)]
 struct Entry {
-    deadline: Instant,
+    deadline: Tick,
     /// Set order: breaks ties between equal deadlines, and tells timers set
     /// during this turn's firing apart (they wait for the next turn).
     seq: u64,
@@ -190,7 +200,7 @@ impl Timers {
     }
 
     /// Arms a handler's timer firing at `deadline`, then every `every`.
-    pub(crate) fn set(&mut self, deadline: Instant, key: u64, every: Option<Duration>) -> TimerId {
+    pub(crate) fn set(&mut self, deadline: Tick, key: u64, every: Option<Duration>) -> TimerId {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let slot = self.user.insert(UserTimer {
@@ -221,7 +231,7 @@ impl Timers {
     }
 
     /// Pushes an entry; the reactor's connection deadlines come this way.
-    pub(crate) fn schedule(&mut self, deadline: Instant, target: Target) {
+    pub(crate) fn schedule(&mut self, deadline: Tick, target: Target) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.heap.push(Entry {
@@ -234,7 +244,7 @@ impl Timers {
     /// The earliest deadline of a live handler timer or a connection
     /// deadline (connection deadlines are not checked here; one that turns
     /// out moot costs one early wake-up). Drops cancelled timers on top.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&mut self) -> Option<Tick> {
         while let Some(top) = self.heap.peek() {
             if self.is_cancelled(top.target) {
                 self.heap.pop();
@@ -245,13 +255,20 @@ impl Timers {
         None
     }
 
+    /// Whether the earliest entry, live or dead, is due at `now`: the one
+    /// test a turn makes while nothing is due.
+    #[inline]
+    pub(crate) fn any_due(&self, now: Tick) -> bool {
+        self.heap.peek().is_some_and(|top| top.deadline <= now)
+    }
+
     /// Takes the earliest entry due at `now` and set before sequence number
     /// `before` (so a timer set while timers fire, even with zero delay,
     /// waits for the next turn instead of starving the loop). A repeating
     /// timer is armed again for its next period; one that fell more than a
     /// period behind skips the periods it missed rather than firing in a
     /// burst.
-    pub(crate) fn pop_due(&mut self, now: Instant, before: u64) -> Option<Due> {
+    pub(crate) fn pop_due(&mut self, now: Tick, before: u64) -> Option<Due> {
         loop {
             let top = self.heap.peek()?;
             if top.deadline > now || top.seq >= before {
@@ -270,9 +287,9 @@ impl Timers {
                     let key = timer.key;
                     match timer.every {
                         Some(every) => {
-                            let mut next = entry.deadline + every;
+                            let mut next = deadline_after(entry.deadline, every);
                             if next <= now {
-                                next = now + every;
+                                next = deadline_after(now, every);
                             }
                             self.schedule(next, entry.target);
                         }
@@ -291,10 +308,15 @@ impl Timers {
     /// heap has doubled since the last sweep. Keeps the heap's memory within
     /// twice what is armed, whatever the churn of connections and cancelled
     /// timers, at an amortised O(1) per push.
+    #[inline]
     pub(crate) fn compact(&mut self, is_live: impl Fn(Target) -> bool) {
-        if self.heap.len() <= self.sweep_at.max(COMPACT_FLOOR) {
-            return;
+        if self.heap.len() > self.sweep_at.max(COMPACT_FLOOR) {
+            self.sweep(is_live);
         }
+    }
+
+    #[cold]
+    fn sweep(&mut self, is_live: impl Fn(Target) -> bool) {
         let user = &self.user;
         self.heap.retain(|entry| match entry.target {
             Target::User(id) => user
@@ -326,19 +348,20 @@ impl Timers {
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    /// `n` milliseconds on the clock.
+    fn ms(n: u64) -> Tick {
+        n * 1_000_000
     }
 
     /// Fires everything due at `now`, as one turn does.
-    fn fire(timers: &mut Timers, now: Instant) -> Vec<Due> {
+    fn fire(timers: &mut Timers, now: Tick) -> Vec<Due> {
         let before = timers.next_seq();
         std::iter::from_fn(|| timers.pop_due(now, before)).collect()
     }
 
     #[test]
     fn fires_in_deadline_order_then_in_set_order() {
-        let t0 = Instant::now();
+        let t0: Tick = 5;
         let mut timers = Timers::default();
         let late = timers.set(t0 + ms(30), 1, None);
         let early = timers.set(t0 + ms(10), 2, None);
@@ -361,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_timer_never_fires_and_cancels_once() {
-        let t0 = Instant::now();
+        let t0: Tick = 5;
         let mut timers = Timers::default();
         let a = timers.set(t0 + ms(10), 1, None);
         let b = timers.set(t0 + ms(20), 2, None);
@@ -374,7 +397,7 @@ mod tests {
 
     #[test]
     fn an_old_id_never_cancels_the_slot_s_next_timer() {
-        let t0 = Instant::now();
+        let t0: Tick = 5;
         let mut timers = Timers::default();
         let old = timers.set(t0 + ms(10), 1, None);
         assert_eq!(fire(&mut timers, t0 + ms(10)), vec![Due::User(old, 1)]);
@@ -385,9 +408,9 @@ mod tests {
 
     #[test]
     fn an_interval_repeats_until_cancelled_and_skips_missed_periods() {
-        let t0 = Instant::now();
+        let t0: Tick = 5;
         let mut timers = Timers::default();
-        let tick = timers.set(t0 + ms(10), 7, Some(ms(10)));
+        let tick = timers.set(t0 + ms(10), 7, Some(Duration::from_millis(10)));
         assert_eq!(fire(&mut timers, t0 + ms(10)), vec![Due::User(tick, 7)]);
         assert_eq!(timers.next_deadline(), Some(t0 + ms(20)));
         // Fell 45 ms behind: fires once, next period counted from now.
@@ -399,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_timer_set_while_firing_waits_for_the_next_turn() {
-        let t0 = Instant::now();
+        let t0: Tick = 5;
         let mut timers = Timers::default();
         timers.set(t0, 1, None);
         let before = timers.next_seq();
@@ -415,7 +438,7 @@ mod tests {
 
     #[test]
     fn dead_entries_are_swept_once_they_outnumber_the_live() {
-        let t0 = Instant::now();
+        let t0: Tick = 5;
         let mut timers = Timers::default();
         for i in 0..10_000 {
             let id = timers.set(t0 + ms(60_000), i, None);

@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 use mio::Interest;
 use mio::net::TcpStream;
@@ -12,7 +11,7 @@ use mio::unix::SourceFd;
 use socket2::Socket;
 
 use crate::stop::StopRequest;
-use crate::timer::deadline_after;
+use crate::timer::{Tick, deadline_after};
 use crate::{Context, Handler};
 
 use super::Core;
@@ -25,7 +24,7 @@ pub(super) struct AcceptState {
     pub(super) pending: bool,
     /// Accepting paused after a resource error (`EMFILE` ...) until then, or
     /// until a connection closes and frees a descriptor.
-    pub(super) paused_until: Option<Instant>,
+    pub(super) paused_until: Option<Tick>,
     /// A resource error was logged at warn level in this episode; repeats
     /// go to debug so a sustained `EMFILE` does not flood the logs.
     warned: bool,
@@ -38,6 +37,8 @@ impl<H: Handler> Core<H> {
 
     /// Step 5: accept within the turn's budget, while below
     /// `max_connections` and not paused by a resource error.
+    // Out of line: see `Core::serve_turn`.
+    #[inline(never)]
     pub(super) fn accept_connections(&mut self) {
         let mut budget = self.config.accepts_per_turn;
         while self.accept.pending
@@ -100,12 +101,9 @@ impl<H: Handler> Core<H> {
             log::warn!("{op}: {e}; pausing accepts for {backoff:?} or until a connection closes");
             self.accept.warned = true;
         }
-        // A backoff too long to add to the clock means "until a close".
+        // A backoff too long for the clock saturates: until a close.
         let now = self.table.clock.read();
-        let until = now
-            .checked_add(backoff)
-            .unwrap_or_else(|| deadline_after(now, UNTIL_A_CLOSE));
-        self.accept.paused_until = Some(until);
+        self.accept.paused_until = Some(deadline_after(now, backoff));
     }
 
     /// Sets up an accepted socket and gives it to the handler.
@@ -153,10 +151,6 @@ impl<H: Handler> Core<H> {
         self.user[index] = Some(state);
     }
 }
-
-/// The pause after a resource error when `accept_backoff` is too long to
-/// add to the clock: in effect, until a connection closes.
-const UNTIL_A_CLOSE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Readable and writable, plus urgent data where the OS reports it apart
 /// (Linux `EPOLLPRI`), so a read stopped short at the urgent mark is
