@@ -213,25 +213,46 @@ impl<H: Handler> Core<H> {
         }
         let carried = self.table.ready.len();
         self.dispatch_events(events);
-        // Each step below is skipped with one test when it has nothing to
-        // do, as it has on most turns of a busy loop; their bodies stay out
-        // of line, so the event loop above keeps its values in registers
-        // (inlined, they cost the echo path about ten instructions).
+        // Most turns of a busy loop have nothing more to do: a test of the
+        // chores flag (before and after the timers, which may close
+        // connections or ask for a stop) and one of the timer heap.
+        if self.table.chores {
+            self.serve_ready_and_accept(carried);
+        }
+        if !self.table.timers.is_empty() {
+            self.fire_timers();
+        }
+        if self.table.chores {
+            self.finish_turn();
+        }
+    }
+
+    /// Steps 4 and 5. Out of line, like `finish_turn`, so the event loop
+    /// keeps its values in registers (inlined, the rarely taken steps cost
+    /// the echo path about ten instructions).
+    #[inline(never)]
+    fn serve_ready_and_accept(&mut self, carried: usize) {
         if carried > 0 {
             self.serve_ready_queue(carried);
         }
         if self.accept.pending {
             self.accept_connections();
         }
-        if !self.table.timers.is_empty() {
-            self.fire_timers();
-        }
+    }
+
+    /// Steps 7 and 8, then what is left to do next turn.
+    #[inline(never)]
+    fn finish_turn(&mut self) {
         if !self.table.closed.is_empty() {
             self.finish_closes();
         }
         if self.table.stop_request != StopRequest::None {
             self.progress_stop();
         }
+        self.table.chores = !self.table.ready.is_empty()
+            || !self.table.closed.is_empty()
+            || self.accept.pending
+            || self.table.stop_request != StopRequest::None;
     }
 
     /// Step 1: zero if there is work already, else until the nearest
@@ -239,12 +260,8 @@ impl<H: Handler> Core<H> {
     /// else no limit; never more than the caller's `timeout`.
     fn poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
         // Most turns: no work carried over and no deadline of our own (a
-        // drain deadline exists only once a stop is asked for).
-        if self.table.ready.is_empty()
-            && !self.accept.pending
-            && self.table.timers.is_empty()
-            && self.table.stop_request == StopRequest::None
-        {
+        // drain deadline or an accept pause exists only with chores).
+        if !self.table.chores && self.table.timers.is_empty() {
             return timeout;
         }
         self.own_poll_timeout(timeout)
@@ -320,6 +337,7 @@ impl<H: Handler> Core<H> {
             count += 1;
             if event.token() == LISTENER {
                 self.accept.pending = true;
+                self.table.chores = true;
             } else if event.token() == WAKER {
                 self.run_commands();
             } else {
@@ -391,8 +409,6 @@ impl<H: Handler> Core<H> {
     /// reading resumed, are read now: the first `carried` of the queue, the
     /// ones queued before this turn's events. Those queued during this turn
     /// wait for the next, so no connection gets two budgets in one turn.
-    // Out of line, like the other steps a busy turn skips (see `serve_turn`).
-    #[inline(never)]
     fn serve_ready_queue(&mut self, carried: usize) {
         for _ in 0..carried {
             let Some(id) = self.table.ready.pop_front() else {
@@ -407,7 +423,7 @@ impl<H: Handler> Core<H> {
 
     /// Runs what handles have asked for: a stop, then queued commands in
     /// order.
-    // Out of line: see `serve_turn`.
+    // Out of line: see `serve_ready_and_accept`.
     #[inline(never)]
     fn run_commands(&mut self) {
         self.table.request_stop(self.handle.take_stop_request());
@@ -455,8 +471,6 @@ impl<H: Handler> Core<H> {
     /// Step 6: free the slots of connections closed this turn and hand each
     /// handler state back through `on_close`. Runs after the whole batch, so
     /// no event of it reached a slot's next tenant.
-    // Out of line: see `serve_turn`.
-    #[inline(never)]
     fn finish_closes(&mut self) {
         while let Some((id, reason)) = self.table.closed.pop_front() {
             self.table.remove(id);

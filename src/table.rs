@@ -72,6 +72,11 @@ pub(crate) struct ConnTable {
     pub(crate) stop_report: Option<StopReport>,
     pub(crate) timers: Timers,
     pub(crate) clock: Clock,
+    /// Set whenever the loop has work beyond serving events: a connection
+    /// in the ready queue, a close to finish, a stop asked for, accepts
+    /// pending. A busy turn tests this one flag instead of each of them;
+    /// the turn that does the work sets it again from what is left.
+    pub(crate) chores: bool,
     /// Boxed because connections hold their buffers boxed: a pooled box
     /// moves into a connection as it is, with no allocation.
     #[allow(clippy::vec_box)]
@@ -91,6 +96,7 @@ impl ConnTable {
             stop_report: None,
             timers: Timers::default(),
             clock: Clock::new(),
+            chores: false,
             pool: Vec::new(),
             next_generation: 0,
         }
@@ -434,12 +440,14 @@ impl ConnTable {
             _ => {}
         }
         self.closed.push_back((id, reason));
+        self.chores = true;
     }
 
     /// Asks for a stop; a stronger request than the one pending wins
     /// (`stop_now` over `stop`), a weaker one changes nothing.
     pub(crate) fn request_stop(&mut self, request: StopRequest) {
         self.stop_request = self.stop_request.max(request);
+        self.chores |= request != StopRequest::None;
     }
 
     /// Ends a connection for a stop and counts it in the report: with a
@@ -520,6 +528,7 @@ impl ConnTable {
             if !conn.has(flag::IN_READY_QUEUE) {
                 conn.flags |= flag::IN_READY_QUEUE;
                 self.ready.push_back(id);
+                self.chores = true;
             }
         }
     }

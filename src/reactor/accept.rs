@@ -37,8 +37,6 @@ impl<H: Handler> Core<H> {
 
     /// Step 5: accept within the turn's budget, while below
     /// `max_connections` and not paused by a resource error.
-    // Out of line: see `Core::serve_turn`.
-    #[inline(never)]
     pub(super) fn accept_connections(&mut self) {
         let mut budget = self.config.accepts_per_turn;
         while self.accept.pending

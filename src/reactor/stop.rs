@@ -10,8 +10,6 @@ use super::Core;
 impl<H: Handler> Core<H> {
     /// Step 8: start the stop asked for this turn, and end a drain that is
     /// over (every connection gone) or out of time.
-    // Out of line: see `Core::serve_turn`.
-    #[inline(never)]
     pub(super) fn progress_stop(&mut self) {
         if self.table.stop_request > self.stopping {
             match self.table.stop_request {
