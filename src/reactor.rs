@@ -51,6 +51,8 @@ struct Core<H: Handler> {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     /// The one read buffer all connections share; handlers get slices of it.
+    /// Exactly `Limits::read_limit` long, the most any read may take, so
+    /// the common read takes all of it with no bounds check.
     scratch: Vec<u8>,
     config: Config,
     accept: AcceptState,
@@ -92,16 +94,18 @@ impl<H: Handler> Reactor<H> {
             op: "eventfd (the handle's waker)",
             source,
         })?;
+        let table = ConnTable::new(&config);
+        let scratch = vec![0; table.limits.read_limit];
         Ok(Reactor {
             events: Events::with_capacity(config.event_capacity),
             core: Core {
                 handler,
                 user: Vec::new(),
-                table: ConnTable::new(&config),
+                table,
                 poll,
                 listener: Some(listener),
                 local_addr,
-                scratch: vec![0; config.read_chunk],
+                scratch,
                 config,
                 accept: AcceptState::default(),
                 stats_reader: StatsReader::default(),
@@ -360,8 +364,8 @@ impl<H: Handler> Core<H> {
         // closing, or waiting in the ready queue) and no buffer (nothing
         // queued either way, so nothing to flush).
         if conn.flags == 0 && conn.bufs.is_none() && is_plain_readable(event) {
-            let limit = self.table.limits.read_limit;
-            let result = conn.read(&mut self.scratch[..limit]);
+            let limit = self.scratch.len();
+            let result = conn.read(&mut self.scratch);
             if let Ok(n @ 1..) = result {
                 if n < limit {
                     // A short read: drained, READABLE stays clear.
