@@ -339,13 +339,16 @@ impl<H: Handler> Core<H> {
         let mut count = 0;
         for event in events.iter() {
             count += 1;
-            if event.token() == LISTENER {
+            let token = event.token();
+            // The two special tokens are the largest, so a connection's
+            // event is told apart with one comparison.
+            if token < WAKER {
+                self.connection_event(ConnId::from_token(token), event);
+            } else if token == LISTENER {
                 self.accept.pending = true;
                 self.table.chores = true;
-            } else if event.token() == WAKER {
-                self.run_commands();
             } else {
-                self.connection_event(ConnId::from_token(event.token()), event);
+                self.run_commands();
             }
         }
         if count == events.capacity() {
