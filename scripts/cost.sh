@@ -9,7 +9,8 @@
 #     fresh run, CG_LONG s; totals dumped with `callgrind_control -d`, then
 #     (Ir long - Ir short) / (round trips long - short), so start-up and
 #     connection set-up cancel out. Round trips are the ones the bench
-#     reports as completed (and verified).
+#     reports as completed (and verified). With a C compiler, the same for
+#     scripts/c_echo.c, a minimal C epoll echo server: the floor.
 #  2. syscalls per round trip: `strace -f -c -p` attached for ST_WINDOW s
 #     at ST_RATE round trips/s (100 connections, 64 B); echo_bench prints
 #     `mark T COMPLETED` on SIGUSR1 as strace attaches and before it
@@ -122,7 +123,9 @@ wait_for() {
 start_server() {
     local name=$1 prefix=$2
     shift 2
-    taskset -c 0 "$@" "$BIN/$name" --addr 127.0.0.1:0 >"$prefix.out" 2>"$prefix.err" &
+    local exe=$BIN/$name
+    [[ $name == c_echo ]] && exe=$WORK/c_echo
+    taskset -c 0 "$@" "$exe" --addr 127.0.0.1:0 >"$prefix.out" 2>"$prefix.err" &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     wait_for '^listening on ' "$prefix.out" 60 || die "$name did not start: $(tail -5 "$prefix.err")"
@@ -384,6 +387,12 @@ echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown
 
 echo "1. instructions per round trip (callgrind)"
 for name in "${SERVERS[@]}"; do measure_instructions "$name"; done
+# The floor: a minimal C epoll echo server, when a C compiler is at hand.
+if command -v cc >/dev/null 2>&1 && cc -O2 -o "$WORK/c_echo" "$ROOT/scripts/c_echo.c"; then
+    measure_instructions c_echo
+else
+    echo "  c_echo: skipped (no C compiler)"
+fi
 echo "2. syscalls per round trip (strace)"
 for name in "${SERVERS[@]}"; do measure_syscalls "$name"; done
 echo "3. idle memory"
@@ -403,6 +412,11 @@ for name in "${SERVERS[@]}"; do
 done
 echo
 print_table
+floor=$(median c_echo instructions)
+if [[ $floor != n/a ]]; then
+    awk -v f="${floor%% *}" -v r="$(median echo_reactor instructions | cut -d' ' -f1)" 'BEGIN {
+        printf "\nfloor: scripts/c_echo.c (minimal C epoll echo), same method: %.1f instructions / round trip; echo_reactor/C = %.2f\n", f, r / f }'
+fi
 if [[ -s $FAILURES ]]; then
     echo
     echo "FAILED runs (figures above include them where they printed any):"
