@@ -265,8 +265,21 @@ impl<H: Handler> Core<H> {
     fn poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
         // Most turns: no work carried over and no deadline of our own (a
         // drain deadline or an accept pause exists only with chores).
-        if !self.table.chores && self.table.timers.is_empty() {
-            return timeout;
+        if !self.table.chores {
+            if self.table.timers.is_empty() {
+                return timeout;
+            }
+            // Only timers: until the nearest (the clock was read this turn,
+            // as it is on every turn while timers are armed).
+            let until_timer = self
+                .table
+                .timers
+                .next_deadline()
+                .map(|next| time_until(next, self.table.clock.now));
+            return match (until_timer, timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         self.own_poll_timeout(timeout)
     }

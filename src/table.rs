@@ -179,14 +179,11 @@ impl ConnTable {
     ) -> Result<(), Error> {
         let written = match first {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                0
+            // The kernel is full: all of it waits for the writable edge.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return self.queue_output(id, data);
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => {
                 self.fail(id, e);
                 return Ok(());

@@ -72,7 +72,13 @@ impl Clock {
     /// Reads the time and keeps it. Every reading of the clock goes through
     /// here, so `now` is never older than the last deadline set from it.
     pub(crate) fn read(&mut self) -> Tick {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let elapsed = self.epoch.elapsed();
+        // In u64 arithmetic (`as_nanos` is u128): a u64 of nanoseconds
+        // lasts 584 years.
+        let now = elapsed
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(elapsed.subsec_nanos()));
         self.now = now;
         // Truncation wraps the count after 49 days, as documented.
         self.now_ms = (now / 1_000_000) as u32;
