@@ -14,7 +14,8 @@
 #  2. syscalls per round trip: `strace -f -c -p` attached for ST_WINDOW s
 #     at ST_RATE round trips/s (100 connections, 64 B); echo_bench prints
 #     `mark T COMPLETED` on SIGUSR1 as strace attaches and before it
-#     detaches, so only round trips inside the window are counted.
+#     detaches, so only round trips inside the window are counted. The
+#     median of RUNS such windows.
 #  3. idle memory: server VmRSS with IDLE_CONNS idle connections less VmRSS
 #     after start-up, per connection.
 #  4. throughput without a rate cap, the median of RUNS runs of DURATION s
@@ -393,8 +394,13 @@ if command -v cc >/dev/null 2>&1 && cc -O2 -o "$WORK/c_echo" "$ROOT/scripts/c_ec
 else
     echo "  c_echo: skipped (no C compiler)"
 fi
-echo "2. syscalls per round trip (strace)"
-for name in "${SERVERS[@]}"; do measure_syscalls "$name"; done
+# How the load falls into epoll_wait batches varies from run to run (a
+# faster server waits more often, each wait returning fewer events): the
+# median of RUNS windows.
+echo "2. syscalls per round trip (strace, $RUNS runs)"
+for ((run = 1; run <= RUNS; run++)); do
+    for name in "${SERVERS[@]}"; do measure_syscalls "$name"; done
+done
 echo "3. idle memory"
 for name in "${SERVERS[@]}"; do measure_idle "$name"; done
 echo "4. throughput ($RUNS runs of ${DURATION}s, servers interleaved)"
@@ -408,7 +414,7 @@ done
 
 echo
 for name in "${SERVERS[@]}"; do
-    echo "syscalls seen in $name: $(awk -F'\t' -v s="$name" '$1 == s && $2 == "sys_names" { print $3 }' "$RESULTS")"
+    echo "syscalls seen in $name: $(awk -F'\t' -v s="$name" '$1 == s && $2 == "sys_names" { print $3; exit }' "$RESULTS")"
 done
 echo
 print_table

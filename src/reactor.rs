@@ -338,7 +338,14 @@ impl<H: Handler> Core<H> {
                 self.table.stats.turns += 1;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                // The next wait is measured from now: otherwise each signal
+                // would restart a timer's whole remaining wait.
+                if self.needs_clock() {
+                    self.table.clock.read();
+                }
+                Ok(false)
+            }
             Err(source) => Err(Error::Poll {
                 op: "epoll_wait",
                 source,

@@ -178,6 +178,10 @@ impl ConnTable {
         first: io::Result<usize>,
     ) -> Result<(), Error> {
         let written = match first {
+            Ok(0) => {
+                self.fail(id, io::ErrorKind::WriteZero.into());
+                return Ok(());
+            }
             Ok(n) => n,
             // The kernel is full: all of it waits for the writable edge.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

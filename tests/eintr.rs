@@ -131,3 +131,72 @@ fn a_signal_ends_a_run_once_wait_early_with_nothing_done() {
     );
     assert!(!reactor.is_stopped());
 }
+
+/// Sets a timer when a client connects, reports when it fires, and stops
+/// the reactor then.
+struct TimerOnOpen {
+    delay: Duration,
+    fired: mpsc::Sender<Instant>,
+}
+
+impl Handler for TimerOnOpen {
+    type Conn = ();
+    type Message = ();
+
+    fn on_open(&mut self, cx: &mut Context<'_>, _id: ConnId, _peer: std::net::SocketAddr) {
+        cx.set_timer(self.delay, 0);
+    }
+
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _id: ConnId,
+        _conn: &mut (),
+        data: &[u8],
+    ) -> usize {
+        data.len()
+    }
+
+    fn on_timer(&mut self, cx: &mut Context<'_>, _timer: tcp_reactor::TimerId, _key: u64) {
+        let _ = self.fired.send(Instant::now());
+        cx.stop_now();
+    }
+}
+
+#[test]
+fn signals_more_often_than_a_timer_s_delay_do_not_put_it_off() {
+    count_sigusr1();
+    let delay = Duration::from_millis(300);
+    let (fired, fires) = mpsc::channel();
+    let mut reactor = Reactor::bind(
+        any_local_address(),
+        Config::default(),
+        TimerOnOpen { delay, fired },
+    )
+    .expect("bind");
+    let addr = reactor.local_addr();
+    let thread = std::thread::spawn(move || reactor.run());
+    let _client = common::connect(addr);
+    let set = Instant::now();
+    // A signal every 30 ms, ten within the delay: each ends a wait early.
+    // Were the next wait measured from the clock reading before the
+    // signal, every one would restart the whole 300 ms and the timer would
+    // not fire while the signals went on.
+    let deadline = set + DEADLINE;
+    let fired_at = loop {
+        // SAFETY: the thread has not been joined, so its pthread_t is valid.
+        let rc = unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+        assert_eq!(rc, 0, "pthread_kill");
+        if let Ok(at) = fires.recv_timeout(Duration::from_millis(30)) {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "the timer never fired");
+    };
+    let late = fired_at.duration_since(set);
+    assert!(
+        late < delay * 4,
+        "a {delay:?} timer fired after {late:?} under a signal every 30 ms"
+    );
+    let result = thread.join().expect("reactor thread");
+    assert!(result.is_ok(), "run returned {result:?}");
+}
