@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{DEADLINE, any_local_address, connect, proc_addr, wait_until};
 use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler, Reactor};
@@ -23,13 +23,7 @@ const TURN: Duration = Duration::from_millis(20);
 /// [`DEADLINE`].
 #[track_caller]
 fn turn_until<H: Handler>(reactor: &mut Reactor<H>, what: &str, condition: impl Fn(&H) -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition(reactor.handler()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        reactor
-            .run_once(Some(TURN))
-            .expect("run_once must not fail for anything a peer does");
-    }
+    common::drive_until(reactor, what, |reactor| condition(reactor.handler()));
 }
 
 /// `(slot index, generation)` read back from the documented `Display` of an

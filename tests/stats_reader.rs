@@ -6,32 +6,16 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
 
-use common::{DEADLINE, any_local_address, connect};
+use common::{any_local_address, connect, drive_until};
 use tcp_reactor::{Config, Echo, Reactor};
-
-/// Runs turns until `done` holds; fails the test past the deadline.
-fn turn_until(
-    reactor: &mut Reactor<Echo>,
-    what: &str,
-    mut done: impl FnMut(&Reactor<Echo>) -> bool,
-) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done(reactor) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        reactor
-            .run_once(Some(Duration::from_millis(10)))
-            .expect("run_once");
-    }
-}
 
 /// Sends `data` and reads its echo back, turning the loop meanwhile.
 fn echo(reactor: &mut Reactor<Echo>, client: &mut std::net::TcpStream, data: &[u8]) {
     let before = reactor.stats().bytes_out;
     client.write_all(data).expect("send");
     let want = before + data.len() as u64;
-    turn_until(reactor, "the echo", |r| r.stats().bytes_out == want);
+    drive_until(reactor, "the echo", |r| r.stats().bytes_out == want);
     let mut back = vec![0; data.len()];
     client.read_exact(&mut back).expect("read the echo");
     assert_eq!(back, data);
@@ -50,7 +34,7 @@ fn a_reader_taken_late_starts_from_the_current_counters_and_follows_later_turns(
     assert_eq!((first.accepted, first.bytes_in, first.bytes_out), (1, 5, 5));
 
     echo(&mut reactor, &mut client, b"again");
-    turn_until(&mut reactor, "the reader to see the second echo", |_| {
+    drive_until(&mut reactor, "the reader to see the second echo", |_| {
         reader.get().bytes_out == 10
     });
 
@@ -58,7 +42,7 @@ fn a_reader_taken_late_starts_from_the_current_counters_and_follows_later_turns(
     let clone = reader.clone();
     drop(reader);
     echo(&mut reactor, &mut client, b"third");
-    turn_until(&mut reactor, "the clone to see the third echo", |_| {
+    drive_until(&mut reactor, "the clone to see the third echo", |_| {
         clone.get().bytes_out == 15
     });
     assert_eq!(clone.get().bytes_in, 15);

@@ -20,7 +20,7 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Plan, Reports, any_local_address, run_echo_clients, wait_until};
+use common::{Plan, Reports, any_local_address, drive_until, run_echo_clients, wait_until};
 use tcp_reactor::{
     Config, ConnId, Context, Error, Handle, Handler, Reactor, StatsReader, StopReport, TimerId,
 };
@@ -211,21 +211,6 @@ impl Handler for Clockwork {
 
 fn bind(handler: Clockwork) -> Reactor<Clockwork> {
     Reactor::bind(any_local_address(), Config::default(), handler).expect("bind on port 0")
-}
-
-/// Turns the loop on this thread until `done` holds; fails after
-/// [`DEADLINE`].
-#[track_caller]
-fn drive_until(
-    reactor: &mut Reactor<Clockwork>,
-    what: &str,
-    mut done: impl FnMut(&Reactor<Clockwork>) -> bool,
-) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done(reactor) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        reactor.run_once(Some(ms(10))).expect("run_once");
-    }
 }
 
 /// Turns the loop for `window`. Only to observe that something does *not*

@@ -39,6 +39,23 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Turns the loop on this thread (10 ms waits) until `done` holds, failing
+/// the test after [`DEADLINE`].
+#[track_caller]
+pub fn drive_until<H: Handler>(
+    reactor: &mut Reactor<H>,
+    what: &str,
+    mut done: impl FnMut(&Reactor<H>) -> bool,
+) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done(reactor) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        reactor
+            .run_once(Some(Duration::from_millis(10)))
+            .expect("run_once");
+    }
+}
+
 /// The test thread's end of the reports a handler sends from the reactor's
 /// thread. Reports a wait does not take are kept for later waits.
 pub struct Reports<T> {
