@@ -20,7 +20,7 @@ use crate::handle::{Command, WAKER};
 use crate::id::LISTENER;
 use crate::stop::StopRequest;
 use crate::table::{ConnTable, live_mut};
-use crate::timer::{Due, Tick, time_until};
+use crate::timer::{Due, Tick, earliest, time_until};
 use crate::{
     Config, ConnId, Context, Error, Handle, Handler, Stats, StatsReader, StopReport, listener,
 };
@@ -276,10 +276,7 @@ impl<H: Handler> Core<H> {
                 .timers
                 .next_deadline()
                 .map(|next| time_until(next, self.table.clock.now));
-            return match (until_timer, timeout) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            return earliest(until_timer, timeout);
         }
         self.own_poll_timeout(timeout)
     }
@@ -301,19 +298,13 @@ impl<H: Handler> Core<H> {
             } else {
                 self.table.clock.now
             };
-            let next = [pause, self.drain_deadline].into_iter().fold(
-                self.table.timers.next_deadline(),
-                |a, b| match (a, b) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                },
+            let next = earliest(
+                earliest(self.table.timers.next_deadline(), pause),
+                self.drain_deadline,
             );
             next.map(|next| time_until(next, now))
         };
-        match (own, timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(own, timeout)
     }
 
     /// Whether this turn needs the time: for timers, and for activity

@@ -93,6 +93,15 @@ pub(crate) fn deadline_after(now: Tick, after: Duration) -> Tick {
     now.saturating_add(u64::try_from(after.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The sooner of two optional deadlines or timeouts (`None`: no limit).
+#[inline]
+pub(crate) fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The time left from `now` until `deadline`; zero once it has passed.
 #[inline]
 pub(crate) fn time_until(deadline: Tick, now: Tick) -> Duration {
