@@ -52,85 +52,13 @@ SERVERS=(echo_reactor tokio_echo)
 WORK=$(mktemp -d /tmp/cost.XXXXXX)
 RESULTS=$WORK/results.tsv # server <tab> metric <tab> value, one per measurement
 FAILURES=$WORK/failures.txt
-PIDS=()
+SCRIPT=cost.sh
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
-# --- process handling -------------------------------------------------------
-
-# Stops PID: SIGTERM (unless SIGNAL says otherwise), up to 5 s to exit,
-# then SIGKILL; reaps it and leaves its exit status in STOPPED_RC.
-stop_pid() {
-    local pid=$1 signal=${2:-TERM}
-    # stderr off for the whole stop: bash prints its "Killed" job notice as
-    # soon as it reaps the child, before any `wait`.
-    {
-        kill "-$signal" "$pid" || true
-        wait_exit "$pid" 5
-    } 2>/dev/null
-}
-
-# Waits at most SECONDS for PID to exit, then kills it; reaps it and leaves
-# its exit status in STOPPED_RC.
-wait_exit() {
-    local pid=$1 seconds=$2 i
-    for ((i = 0; i < seconds * 20; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    STOPPED_RC=0
-    { wait "$pid"; } 2>/dev/null || STOPPED_RC=$?
-    forget_pid "$pid"
-}
-
-forget_pid() {
-    local pid=$1 i
-    for i in "${!PIDS[@]}"; do
-        [[ ${PIDS[$i]} == "$pid" ]] && unset 'PIDS[i]'
-    done
-    return 0
-}
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        { kill -KILL "$pid" && wait "$pid"; } 2>/dev/null || true
-    done
-    if [[ -n ${KEEP:-} ]]; then
-        mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/ && echo "raw outputs kept in $KEEP"
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-die() { echo "cost.sh: $*" >&2; exit 1; }
-
-# Sleeps about a millisecond without forking (a read that times out on a
-# FIFO nobody writes to), so the strace window edges are precise.
-nap() { read -r -t 0.001 -u "$NAP_FD" 2>/dev/null || true; }
-
-# Polls every millisecond until grep finds PATTERN in FILE, at most SECONDS.
-wait_for() {
-    local pattern=$1 file=$2 seconds=$3 i
-    for ((i = 0; i < seconds * 1000; i++)); do
-        grep -q -- "$pattern" "$file" 2>/dev/null && return 0
-        nap
-    done
-    return 1
-}
-
-# Starts server NAME on CPU 0 with output files PREFIX.out/.err, optionally
-# under a wrapper (valgrind); sets SERVER_PID and SERVER_ADDR.
-start_server() {
-    local name=$1 prefix=$2
-    shift 2
-    local exe=$BIN/$name
-    [[ $name == c_echo ]] && exe=$WORK/c_echo
-    taskset -c 0 "$@" "$exe" --addr 127.0.0.1:0 >"$prefix.out" 2>"$prefix.err" &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_for '^listening on ' "$prefix.out" 60 || die "$name did not start: $(tail -5 "$prefix.err")"
-    SERVER_ADDR=$(sed -n 's/^listening on //p' "$prefix.out")
+# The executable of server NAME: an example, or the C floor built here.
+server_exe() {
+    if [[ $1 == c_echo ]]; then echo "$WORK/c_echo"; else echo "$BIN/$1"; fi
 }
 
 # Runs echo_bench on CPU 1 in the foreground with a deadline; output to OUT.
@@ -160,7 +88,7 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
 # Runs NAME under callgrind with SECS of load; sets CG_IR and CG_RT.
 callgrind_run() {
     local name=$1 secs=$2 prefix=$WORK/cg-$1-$2 dump i
-    start_server "$name" "$prefix" valgrind --tool=callgrind --callgrind-out-file="$prefix.cg.%p"
+    start_server "$(server_exe "$name")" "$prefix" valgrind --tool=callgrind --callgrind-out-file="$prefix.cg.%p"
     bench "$prefix.bench" pingpong --conns 100 --size 64 --depth 1 --rate "$CG_RATE" --duration "$secs"
     # A signal may not end the server under valgrind: ask for a dump, wait
     # until it is complete (its totals line is written last), then kill.
@@ -192,7 +120,7 @@ measure_instructions() {
 
 measure_syscalls() {
     local name=$1 prefix=$WORK/st-$1 bench_pid strace_pid i marks
-    start_server "$name" "$prefix"
+    start_server "$(server_exe "$name")" "$prefix"
     taskset -c 1 "$BIN/echo_bench" pingpong --addr "$SERVER_ADDR" --conns 100 --size 64 --depth 1 \
         --rate "$ST_RATE" --duration "$((ST_WARMUP + ST_WINDOW + 3))" --json \
         >"$prefix.bench" 2>"$prefix.bench.err" &
@@ -234,12 +162,11 @@ measure_syscalls() {
 
 # --- 3. idle memory ------------------------------------------------------------
 
-vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
 measure_idle() {
     local name=$1 prefix=$WORK/idle-$1 rss0 rss1 fd0 fds i idle_pid hold
-    start_server "$name" "$prefix"
+    start_server "$(server_exe "$name")" "$prefix"
     sleep 0.2
     rss0=$(vmrss_kib "$SERVER_PID")
     fd0=$(fd_count "$SERVER_PID")
@@ -282,7 +209,7 @@ LOADS=(
 measure_throughput() {
     local run=$1 name=$2 key=$3 args=$4 out
     out=$WORK/tp-$name-$key-$run
-    start_server "$name" "$out.server"
+    start_server "$(server_exe "$name")" "$out.server"
     # shellcheck disable=SC2086 # args is a word list
     bench "$out.bench" $args --duration "$DURATION"
     stop_pid "$SERVER_PID"
@@ -378,8 +305,7 @@ done
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ((IDLE_CONNS + 100 <= $(ulimit -n))) || die "open-file limit $(ulimit -n) is too low for $IDLE_CONNS idle connections"
-mkfifo "$WORK/nap.fifo"
-exec {NAP_FD}<>"$WORK/nap.fifo"
+open_nap
 : >"$RESULTS"
 : >"$FAILURES"
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), kernel $(uname -r)," \

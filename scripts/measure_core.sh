@@ -31,29 +31,9 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/examples/echo_reactor
 LOADGEN=$ROOT/scripts/loadgen.py
 WORK=$(mktemp -d /tmp/measure_core.XXXXXX)
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n ${KEEP:-} ]]; then
-        mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/ && echo "raw outputs kept in $KEEP"
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-die() { echo "measure_core: $*" >&2; exit 1; }
-
-# Sleeps about a millisecond without forking (a read that times out on a
-# FIFO nobody writes to), so the strace window edges are precise.
-nap() { read -r -t 0.001 -u "$NAP_FD" 2>/dev/null || true; }
+SCRIPT=measure_core
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # Polls until FILE is not empty, for at most SECONDS, every millisecond.
 wait_nonempty() {
@@ -63,42 +43,6 @@ wait_nonempty() {
         nap
     done
     return 1
-}
-
-# Polls until grep finds PATTERN in FILE, for at most SECONDS.
-wait_for() {
-    local pattern=$1 file=$2 seconds=$3 i
-    for ((i = 0; i < seconds * 20; i++)); do
-        grep -q -- "$pattern" "$file" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
-forget_pid() {
-    local pid=$1 i
-    for i in "${!PIDS[@]}"; do
-        [[ ${PIDS[$i]} == "$pid" ]] && unset 'PIDS[i]'
-    done
-    return 0
-}
-
-stop_pid() {
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    forget_pid "$1"
-}
-
-vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-
-# Starts the server pinned to CPU 0; sets SERVER_PID and SERVER_ADDR.
-start_server() {
-    local out=$1
-    taskset -c 0 "$BIN" --addr 127.0.0.1:0 >"$out.out" 2>"$out.err" &
-    SERVER_PID=$!
-    PIDS+=("$SERVER_PID")
-    wait_for '^listening on ' "$out.out" 10 || die "server did not start: $(cat "$out.err")"
-    SERVER_ADDR=$(sed -n 's/^listening on //p' "$out.out")
 }
 
 # --- setup --------------------------------------------------------------
@@ -119,8 +63,7 @@ echo "load: $CONNS ping-pong connections, $SIZE-byte messages, $RATE round trips
      "strace window ${WINDOW}s after ${WARMUP}s warm-up; idle: $IDLE_CONNS connections"
 echo
 
-mkfifo "$WORK/nap.fifo"
-exec {NAP_FD}<>"$WORK/nap.fifo"
+open_nap
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -130,7 +73,7 @@ for ((run = 1; run <= RUNS; run++)); do
     mkdir -p "$dir"
 
     # --- 1. syscalls per echoed message ----------------------------------
-    start_server "$dir/server-pp"
+    start_server "$BIN" "$dir/server-pp"
     duration=$((WARMUP + WINDOW + 3))
     taskset -c 1 python3 "$LOADGEN" pingpong --addr "$SERVER_ADDR" --conns "$CONNS" \
         --size "$SIZE" --rate "$RATE" --duration "$duration" >"$dir/loadgen.out" 2>"$dir/loadgen.err" &
@@ -162,7 +105,7 @@ for ((run = 1; run <= RUNS; run++)); do
     [[ $lg_rc == 0 ]] || die "run $run: load generator failed ($lg_rc): $(cat "$dir/loadgen.out" "$dir/loadgen.err")"
 
     # --- 2. RSS per idle connection --------------------------------------
-    start_server "$dir/server-idle"
+    start_server "$BIN" "$dir/server-idle"
     sleep 0.2
     rss0=$(vmrss_kib "$SERVER_PID")
     fd0=$(ls "/proc/$SERVER_PID/fd" | wc -l)
