@@ -14,12 +14,14 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use tcp_reactor::{Config, Echo, Handle, Reactor, Stats, StopReport};
+use tcp_reactor::{Config, Echo, Reactor, Stats, StopReport};
+
+/// Connections on which nothing has moved for this long are closed, unless
+/// `--idle-timeout` says otherwise: without a limit, silent peers could
+/// take every slot and keep it.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 const USAGE: &str = "\
 usage: echo_reactor [--addr HOST:PORT] [--max-conns N] [--idle-timeout SECS] [--drain-timeout SECS]
@@ -29,13 +31,14 @@ stops it gracefully (pending echoes are delivered); a second one at once.
 
   --addr HOST:PORT       address to listen on (default 127.0.0.1:7890; port 0 picks a free port)
   --max-conns N          connections held at once (default: the open-file limit less a reserve)
-  --idle-timeout SECS    close connections idle that long (default: never)
+  --idle-timeout SECS    close connections idle that long (default 300; 0: never)
   --drain-timeout SECS   how long a graceful stop waits for connections to drain (default 5)
   -h, --help             print this help";
 
 struct Args {
     addr: SocketAddr,
     max_conns: Option<usize>,
+    /// `None`: never.
     idle_timeout: Option<Duration>,
     drain_timeout: Option<Duration>,
 }
@@ -55,7 +58,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     let mut parsed = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 7890)),
         max_conns: None,
-        idle_timeout: None,
+        idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         drain_timeout: None,
     };
     while let Some(flag) = args.next() {
@@ -75,7 +78,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 ))?);
             }
             "--idle-timeout" => {
-                let idle = seconds(&flag, &value("--idle-timeout")?)?;
+                let text = value("--idle-timeout")?;
+                if text.parse::<f64>() == Ok(0.0) {
+                    parsed.idle_timeout = None;
+                    continue;
+                }
+                let idle = seconds(&flag, &text)?;
                 // The library's own rule (1 ms to 24 days), reported as a
                 // bad flag rather than a failure to start.
                 Config::default()
@@ -127,9 +135,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signals = Arc::new(AtomicUsize::new(0));
-    if let Err(e) = stop_on_signals(&reactor.handle(), &signals) {
-        eprintln!("echo_reactor: installing signal handlers: {e}");
+    // The first SIGINT or SIGTERM drains, a second one stops at once.
+    if let Err(e) = reactor.stop_on_signals() {
+        eprintln!("echo_reactor: {e}");
         return ExitCode::FAILURE;
     }
     let mut stdout = std::io::stdout().lock();
@@ -148,10 +156,11 @@ fn main() -> ExitCode {
     }
     match reactor.run() {
         Ok(report) => {
-            let signals = signals.load(Ordering::SeqCst);
+            let stats = reactor.stats();
             log::info!(
-                "{} (after {signals} signal(s))",
-                summary(&reactor.stats(), &report)
+                "{} (after {} signal(s))",
+                summary(&stats, &report),
+                stats.signals
             );
             ExitCode::SUCCESS
         }
@@ -160,30 +169,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// SIGINT and SIGTERM: the first stops the reactor gracefully, the next at
-/// once, through its `Handle`, right in the signal handler. `Handle::stop`
-/// and `stop_now` are async-signal-safe (an atomic and an eventfd write),
-/// and the eventfd wakes the loop, so a signal is never missed between two
-/// turns. No signal thread: a single-threaded process keeps glibc's cheaper
-/// path on every read and write.
-fn stop_on_signals(handle: &Handle<()>, received: &Arc<AtomicUsize>) -> std::io::Result<()> {
-    for signal in [SIGINT, SIGTERM] {
-        let handle = handle.clone();
-        let received = Arc::clone(received);
-        let action = move || {
-            if received.fetch_add(1, Ordering::SeqCst) == 0 {
-                handle.stop();
-            } else {
-                handle.stop_now();
-            }
-        };
-        // SAFETY: the action is async-signal-safe: an atomic add and
-        // `Handle::stop`/`stop_now`, which take no lock and allocate nothing.
-        unsafe { signal_hook::low_level::register(signal, action) }?;
-    }
-    Ok(())
 }
 
 /// The one line logged on stop.

@@ -32,6 +32,16 @@ pub struct Config {
     /// `TCP_NODELAY` on accepted sockets. Default on: Nagle's algorithm plus
     /// the peer's delayed ACK stalls small request/response traffic by 40 ms.
     pub nodelay: bool,
+    /// TCP keepalive on accepted sockets: after this much silence the
+    /// kernel probes the peer, and a peer that has vanished (powered off,
+    /// unplugged, dropped by a NAT) is found and its connection closed as
+    /// [`CloseReason::Reset`](crate::CloseReason::Reset) or
+    /// [`CloseReason::Io`](crate::CloseReason::Io) (`ETIMEDOUT`), where
+    /// without probes it would hold its slot until the idle timeout, or
+    /// forever. Default on, with [`Keepalive::default`] (Redis's settings).
+    /// `None` turns it off. Keepalive finds dead peers only: a live peer
+    /// that stays silent answers the probes; that is the idle timeout's job.
+    pub keepalive: Option<Keepalive>,
     /// Connections held at once. At the limit the reactor stops accepting and
     /// the kernel backlog holds newcomers until one closes. Default: the
     /// process's open-file limit less a reserve of 32 descriptors.
@@ -72,7 +82,17 @@ pub struct Config {
     /// A connection on which no read or write has moved a byte for this
     /// long is closed with [`CloseReason::TimedOut`](crate::CloseReason::TimedOut)
     /// (with a reset if output is still queued). `None`, the default, keeps
-    /// idle connections open. Checked lazily: activity stamps the connection
+    /// idle connections open.
+    ///
+    /// **Without an idle timeout, a peer that connects and stays silent
+    /// keeps its slot for as long as it likes**: a few thousand such peers
+    /// (one process, opening sockets and never writing) take every slot up
+    /// to [`max_connections`](Self::max_connections), and from then on the
+    /// server accepts no one. Keepalive does not help against them (their
+    /// kernel answers the probes). A server open to untrusted peers should
+    /// set one; `echo_reactor` defaults to 300 s.
+    ///
+    /// Checked lazily: activity stamps the connection
     /// with the clock read once per turn, and a connection's one pending
     /// check looks at the stamp when it comes due, so traffic costs no timer
     /// work. The stamp is the time the turn began, so the timeout counts
@@ -80,18 +100,83 @@ pub struct Config {
     /// than that, and normally within a millisecond or two after.
     pub idle_timeout: Option<Duration>,
     /// How long a graceful close ([`Context::close`](crate::Context::close),
-    /// the default `on_eof`) may take to flush its output and see the peer's
-    /// FIN. Past it the connection is cut with a reset and closed as
+    /// the default `on_eof`) may take in all: flushing its output, then
+    /// lingering while the peer is still sending (see
+    /// [`linger_timeout`](Self::linger_timeout)). Past it the connection is
+    /// cut with a reset and closed as
     /// [`CloseReason::TimedOut`](crate::CloseReason::TimedOut), so a peer
-    /// that never reads, or never closes, cannot hold a slot forever.
-    /// Default 30 s.
+    /// that never reads, or never stops sending, cannot hold a slot forever.
+    /// Default 30 s (nginx's `lingering_time`). Must be above zero: a zero
+    /// close timeout would cut every close that has anything to flush.
     pub close_timeout: Duration,
+    /// How long a lingering close waits for a peer that was still sending
+    /// to fall silent. After a graceful close has flushed its output and
+    /// sent its FIN, a peer that has nothing in flight (nothing arrived
+    /// since the close began, nothing waiting to be read) is closed at
+    /// once; one that was still sending is read from and ignored until it
+    /// sends its FIN or has sent nothing for this long, so that its late
+    /// bytes do not make our kernel answer with a reset that could destroy
+    /// the output it has not read yet. Default 2 s (Apache's lingering
+    /// close; nginx's `lingering_timeout` is 5 s). At least 1 ms.
+    pub linger_timeout: Duration,
     /// How long a graceful stop ([`Context::stop`](crate::Context::stop),
     /// [`Handle::stop`](crate::Handle::stop)) lets connections drain: flush
     /// their output, send FIN and see the peer's FIN. Those still draining
     /// then are cut with a reset and counted as forced in the
-    /// [`StopReport`](crate::StopReport). Default 5 s.
+    /// [`StopReport`](crate::StopReport). Connections with nothing in
+    /// flight close at once, so a stop with only idle peers ends at once.
+    /// Default 5 s. Must be above zero
+    /// ([`stop_now`](crate::Context::stop_now) is the stop without a drain).
     pub drain_timeout: Duration,
+}
+
+/// TCP keepalive settings ([`Config::keepalive`]): `SO_KEEPALIVE` with
+/// `TCP_KEEPIDLE`, `TCP_KEEPINTVL` and `TCP_KEEPCNT` (where the OS has
+/// them). A peer that answers none of the probes is declared dead after
+/// about `idle + retries * interval`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tcp_reactor::{Config, Keepalive};
+/// let quick = Keepalive::new(Duration::from_secs(60), Duration::from_secs(10), 5);
+/// assert!(Config::default().keepalive(Some(quick)).validate().is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Keepalive {
+    /// Silence before the first probe (`TCP_KEEPIDLE`). Whole seconds,
+    /// 1 to 32767.
+    pub idle: Duration,
+    /// Time between unanswered probes (`TCP_KEEPINTVL`). Whole seconds,
+    /// 1 to 32767.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`),
+    /// 1 to 127.
+    pub retries: u32,
+}
+
+impl Keepalive {
+    /// Keepalive probes after `idle` of silence, every `interval`, giving
+    /// up after `retries` unanswered ones.
+    pub fn new(idle: Duration, interval: Duration, retries: u32) -> Keepalive {
+        Keepalive {
+            idle,
+            interval,
+            retries,
+        }
+    }
+}
+
+impl Default for Keepalive {
+    /// Redis's defaults (`tcp-keepalive 300`): the first probe after 300 s
+    /// of silence, then every 100 s, three unanswered probes: a vanished
+    /// peer is found within about 10 minutes. That is one probe per five
+    /// idle minutes, which costs nothing, and keeps the connection's entry
+    /// alive in NATs that drop silent ones after a few minutes, which the
+    /// OS default (first probe after 2 hours) would not.
+    fn default() -> Keepalive {
+        Keepalive::new(Duration::from_secs(300), Duration::from_secs(100), 3)
+    }
 }
 
 impl Default for Config {
@@ -100,6 +185,7 @@ impl Default for Config {
             backlog: 128,
             reuse_address: true,
             nodelay: true,
+            keepalive: Some(Keepalive::default()),
             max_connections: default_max_connections(),
             read_chunk: 64 * 1024,
             write_high_water: 64 * 1024,
@@ -112,6 +198,7 @@ impl Default for Config {
             accept_backoff: Duration::from_millis(100),
             idle_timeout: None,
             close_timeout: Duration::from_secs(30),
+            linger_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
         }
     }
@@ -129,8 +216,15 @@ fn default_max_connections() -> usize {
 /// that keeps wrapping differences unambiguous.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 3600);
 
-/// Slot indices must fit in the low 32 bits of a token, below the listener's.
-const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
+/// Slot indices must fit in the low 32 bits of a token, below the
+/// reactor's own tokens (see `id::FIRST_RESERVED_SLOT`).
+const MAX_SLOTS: usize = crate::id::FIRST_RESERVED_SLOT as usize;
+
+/// The kernel's bounds on keepalive settings (Linux `MAX_TCP_KEEPIDLE`,
+/// `MAX_TCP_KEEPINTVL`, `MAX_TCP_KEEPCNT`); it takes whole seconds.
+const KEEPALIVE_SECONDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(32767);
+const KEEPALIVE_RETRIES: std::ops::RangeInclusive<u32> = 1..=127;
 
 macro_rules! setters {
     ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
@@ -154,6 +248,8 @@ setters! {
     reuse_address: bool,
     /// Sets [`Config::nodelay`](#structfield.nodelay).
     nodelay: bool,
+    /// Sets [`Config::keepalive`](#structfield.keepalive).
+    keepalive: Option<Keepalive>,
     /// Sets [`Config::max_connections`](#structfield.max_connections).
     max_connections: usize,
     /// Sets [`Config::read_chunk`](#structfield.read_chunk).
@@ -178,6 +274,8 @@ setters! {
     idle_timeout: Option<Duration>,
     /// Sets [`Config::close_timeout`](#structfield.close_timeout).
     close_timeout: Duration,
+    /// Sets [`Config::linger_timeout`](#structfield.linger_timeout).
+    linger_timeout: Duration,
     /// Sets [`Config::drain_timeout`](#structfield.drain_timeout).
     drain_timeout: Duration,
 }
@@ -185,7 +283,7 @@ setters! {
 impl Config {
     /// Checks the rules a config must keep, naming the first one broken.
     pub fn validate(&self) -> Result<(), Error> {
-        let rules: [(bool, &str); 12] = [
+        let rules: [(bool, &str); 16] = [
             (self.backlog >= 1, "backlog must be at least 1"),
             (
                 self.backlog <= i32::MAX as u32,
@@ -225,6 +323,26 @@ impl Config {
                 self.idle_timeout
                     .is_none_or(|t| t >= Duration::from_millis(1) && t <= MAX_IDLE_TIMEOUT),
                 "idle_timeout must be between 1 ms and 24 days",
+            ),
+            (
+                !self.close_timeout.is_zero(),
+                "close_timeout must be above zero, or every close with output to flush is cut",
+            ),
+            (
+                self.linger_timeout >= Duration::from_millis(1),
+                "linger_timeout must be at least 1 ms",
+            ),
+            (
+                !self.drain_timeout.is_zero(),
+                "drain_timeout must be above zero (stop_now is the stop without a drain)",
+            ),
+            (
+                self.keepalive.is_none_or(|k| {
+                    KEEPALIVE_SECONDS.contains(&k.idle)
+                        && KEEPALIVE_SECONDS.contains(&k.interval)
+                        && KEEPALIVE_RETRIES.contains(&k.retries)
+                }),
+                "keepalive idle and interval must be 1 to 32767 s, retries 1 to 127",
             ),
         ];
         match rules.iter().find(|(ok, _)| !ok) {
@@ -270,6 +388,34 @@ mod tests {
             (
                 Config::default().idle_timeout(Some(Duration::from_secs(30 * 24 * 3600))),
                 "idle_timeout",
+            ),
+            (
+                Config::default().close_timeout(Duration::ZERO),
+                "close_timeout",
+            ),
+            (
+                Config::default().drain_timeout(Duration::ZERO),
+                "drain_timeout",
+            ),
+            (
+                Config::default().linger_timeout(Duration::ZERO),
+                "linger_timeout",
+            ),
+            (
+                Config::default().keepalive(Some(Keepalive::new(
+                    Duration::from_millis(500),
+                    Duration::from_secs(1),
+                    3,
+                ))),
+                "keepalive",
+            ),
+            (
+                Config::default().keepalive(Some(Keepalive::new(
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                    0,
+                ))),
+                "keepalive",
             ),
         ];
         for (config, field) in cases {

@@ -44,8 +44,15 @@ pub(crate) mod flag {
     /// the handler left unconsumed is waiting: offer it again without
     /// waiting for new bytes, which a request/response peer never sends.
     pub(crate) const REOFFER: u16 = 1 << 11;
-    /// Closed by a graceful stop: how it ends counts in the stop report.
+    /// Open when a stop began: how it ends counts in the stop report.
     pub(crate) const STOPPING: u16 = 1 << 12;
+    /// The stop closed it (rather than the handler or the peer, before the
+    /// stop): a clean end is reported as `CloseReason::Stopped`.
+    pub(crate) const STOP_CLOSED: u16 = 1 << 13;
+    /// Bytes arrived (and were discarded) while closing: the peer is still
+    /// sending, so the close lingers until it falls silent or sends its FIN
+    /// (see `ConnTable::close`).
+    pub(crate) const HEARD_WHILE_CLOSING: u16 = 1 << 14;
 
     /// Any of these stops reads.
     pub(crate) const NO_READ: u16 = READ_CLOSED | USER_PAUSED | BACKPRESSURED | DEAD;
@@ -79,7 +86,8 @@ pub(crate) struct Conn {
     pub(crate) generation: u32,
     pub(crate) flags: u16,
     /// When a read or write last moved bytes, in the loop clock's
-    /// milliseconds (`ConnTable::now_ms`): what the idle timeout checks.
+    /// milliseconds (`Clock::now_ms`): what the idle timeout and a
+    /// lingering close check.
     /// Stamped from the clock read once per turn, so activity costs a store.
     pub(crate) last_active: u32,
     /// Present only while bytes wait in either direction.

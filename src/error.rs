@@ -52,6 +52,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Setting up the signal handlers of
+    /// [`Reactor::stop_on_signals`](crate::Reactor::stop_on_signals) failed
+    /// (the socket pair, or registering it).
+    #[error("installing the SIGINT and SIGTERM handlers: {source}")]
+    Signals {
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
     /// The connection is closed (or closing) or the id never existed.
     #[error("connection {0} is closed or unknown")]
     UnknownConnection(ConnId),

@@ -11,18 +11,16 @@
 //! call it.
 
 use std::fmt;
+use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mio::{Registry, Token, Waker};
+use mio::{Registry, Waker};
 
+use crate::id::WAKER;
 use crate::stop::StopRequest;
 use crate::{ConnId, Error};
-
-/// The waker's token: above every connection's (a slot index stays below
-/// `u32::MAX - 1`) and beside the listener's.
-pub(crate) const WAKER: Token = Token(usize::MAX - 1);
 
 /// What a [`Handle`] asks of the loop.
 pub(crate) enum Command<M> {
@@ -43,7 +41,19 @@ struct Shared<M> {
     /// The strongest stop asked for and not yet taken by the loop
     /// (`StopRequest as u8`).
     stop: AtomicU8,
-    waker: Waker,
+    waker: Box<dyn Wake>,
+}
+
+/// What wakes the loop: the reactor's `mio::Waker` (an eventfd write), or
+/// a stand-in that fails on demand in this module's tests.
+trait Wake: Send + Sync {
+    fn wake(&self) -> io::Result<()>;
+}
+
+impl Wake for Waker {
+    fn wake(&self) -> io::Result<()> {
+        Waker::wake(self)
+    }
 }
 
 impl<M> Shared<M> {
@@ -103,9 +113,12 @@ impl<M> fmt::Debug for Handle<M> {
 
 impl<M> Handle<M> {
     /// Creates the handle's shared state and registers its waker.
-    pub(crate) fn new(registry: &Registry) -> std::io::Result<Handle<M>> {
-        let waker = Waker::new(registry, WAKER)?;
-        Ok(Handle {
+    pub(crate) fn new(registry: &Registry) -> io::Result<Handle<M>> {
+        Ok(Handle::with_waker(Box::new(Waker::new(registry, WAKER)?)))
+    }
+
+    fn with_waker(waker: Box<dyn Wake>) -> Handle<M> {
+        Handle {
             shared: Arc::new(Shared {
                 inbox: Mutex::new(Inbox {
                     commands: Vec::new(),
@@ -115,7 +128,7 @@ impl<M> Handle<M> {
                 stop: AtomicU8::new(StopRequest::None as u8),
                 waker,
             }),
-        })
+        }
     }
 
     /// Stops the reactor gracefully, as [`Context::stop`](crate::Context::stop)
@@ -150,7 +163,8 @@ impl<M> Handle<M> {
     /// # Errors
     ///
     /// [`Error::Stopped`] once the reactor has stopped; [`Error::Poll`] if
-    /// waking the loop fails (an OS fault).
+    /// waking the loop fails (an OS fault): the bytes stay queued, and the
+    /// next call tries the wake-up again.
     pub fn send(&self, id: ConnId, data: impl Into<Vec<u8>>) -> Result<(), Error> {
         self.push(Command::Send(id, data.into()))
     }
@@ -161,7 +175,8 @@ impl<M> Handle<M> {
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send); a refused message is dropped.
+    /// As [`send`](Self::send): a message refused with [`Error::Stopped`] is
+    /// dropped; one whose wake-up failed stays queued.
     pub fn send_message(&self, message: M) -> Result<(), Error> {
         self.push(Command::Message(message))
     }
@@ -181,10 +196,15 @@ impl<M> Handle<M> {
             !mem::replace(&mut inbox.woken, true)
         };
         if wake {
-            self.shared.waker.wake().map_err(|source| Error::Poll {
-                op: "wake (eventfd write)",
-                source,
-            })?;
+            if let Err(source) = self.shared.waker.wake() {
+                // No wake-up is on its way after all: the next command
+                // must send one, or the queue would wait for good.
+                self.shared.inbox().woken = false;
+                return Err(Error::Poll {
+                    op: "wake (eventfd write)",
+                    source,
+                });
+            }
         }
         Ok(())
     }
@@ -220,5 +240,60 @@ impl<M> Handle<M> {
             mem::take(&mut inbox.commands)
         };
         drop(dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts wake-ups; the first `fail_first` of them fail.
+    struct FlakyWaker {
+        calls: Arc<AtomicUsize>,
+        fail_first: usize,
+    }
+
+    impl Wake for FlakyWaker {
+        fn wake(&self) -> io::Result<()> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call < self.fail_first {
+                Err(io::Error::other("injected wake failure"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_wake_is_retried_by_the_next_command() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let handle: Handle<u32> = Handle::with_waker(Box::new(FlakyWaker {
+            calls: Arc::clone(&calls),
+            fail_first: 1,
+        }));
+        assert!(matches!(handle.send_message(1), Err(Error::Poll { .. })));
+        handle.send_message(2).expect("the second wake works");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the second command woke");
+        // Both wait for the loop, in order; later commands need no wake-up
+        // until the loop has taken them.
+        handle.send_message(3).expect("queued");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let mut taken = Vec::new();
+        handle.take_commands(&mut taken);
+        let messages: Vec<u32> = taken
+            .into_iter()
+            .map(|c| match c {
+                Command::Message(m) => m,
+                Command::Send(..) => unreachable!("only messages were sent"),
+            })
+            .collect();
+        assert_eq!(messages, [1, 2, 3]);
+        handle.send_message(4).expect("queued");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "an empty queue wakes again"
+        );
     }
 }

@@ -14,9 +14,20 @@ compile_error!(
     "tcp-reactor packs a 32-bit generation and a 32-bit slot into a token: it needs a 64-bit target"
 );
 
-/// The token of the listening socket. No connection can have it: a slot
-/// index never reaches `u32::MAX` (max_connections is capped below it).
+/// Slot indices from this one up are never a connection's
+/// (`Config::max_connections` is capped at it): with generation `u32::MAX`
+/// their tokens are the reactor's own sources, below.
+pub(crate) const FIRST_RESERVED_SLOT: u32 = u32::MAX - 2;
+
+/// The token of the listening socket.
 pub(crate) const LISTENER: Token = Token(usize::MAX);
+
+/// The token of the [`Handle`](crate::Handle)'s waker.
+pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+
+/// The token of the pipe signal handlers write to (`Reactor::stop_on_signals`).
+/// The lowest reserved token: every token below it is a connection's.
+pub(crate) const SIGNALS: Token = Token(usize::MAX - 2);
 
 /// Identifies one connection for its whole life, and never another one.
 ///
@@ -85,6 +96,12 @@ mod tests {
         assert_eq!(back.index(), 123_456);
         assert_eq!(back.generation(), 0xdead_beef);
         assert_ne!(id.token(), LISTENER);
+    }
+
+    #[test]
+    fn every_connection_token_is_below_the_reserved_ones() {
+        let last = ConnId::new(FIRST_RESERVED_SLOT as usize - 1, u32::MAX);
+        assert!(last.token() < SIGNALS && SIGNALS < WAKER && WAKER < LISTENER);
     }
 
     #[test]

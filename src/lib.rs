@@ -167,7 +167,7 @@ mod stop;
 mod table;
 mod timer;
 
-pub use config::Config;
+pub use config::{Config, Keepalive};
 pub use context::Context;
 pub use echo::Echo;
 pub use error::Error;

@@ -2,6 +2,8 @@
 
 mod accept;
 mod read;
+#[cfg(feature = "signals")]
+mod signals;
 mod stop;
 
 use accept::AcceptState;
@@ -16,8 +18,8 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
 
 use crate::conn::flag;
-use crate::handle::{Command, WAKER};
-use crate::id::LISTENER;
+use crate::handle::Command;
+use crate::id::{LISTENER, SIGNALS, WAKER};
 use crate::stop::StopRequest;
 use crate::table::{ConnTable, live_mut};
 use crate::timer::{Due, Tick, earliest, time_until};
@@ -65,6 +67,9 @@ struct Core<H: Handler> {
     /// When a graceful stop cuts the connections still draining.
     drain_deadline: Option<Tick>,
     stopped: bool,
+    /// Set by `stop_on_signals`.
+    #[cfg(feature = "signals")]
+    signals: Option<signals::SignalPipe>,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -114,6 +119,8 @@ impl<H: Handler> Reactor<H> {
                 stopping: StopRequest::None,
                 drain_deadline: None,
                 stopped: false,
+                #[cfg(feature = "signals")]
+                signals: None,
             },
         })
     }
@@ -351,15 +358,17 @@ impl<H: Handler> Core<H> {
         for event in events.iter() {
             count += 1;
             let token = event.token();
-            // The two special tokens are the largest, so a connection's
+            // The reactor's own tokens are the largest, so a connection's
             // event is told apart with one comparison.
-            if token < WAKER {
+            if token < SIGNALS {
                 self.connection_event(ConnId::from_token(token), event);
             } else if token == LISTENER {
                 self.accept.pending = true;
                 self.table.chores = true;
-            } else {
+            } else if token == WAKER {
                 self.run_commands();
+            } else {
+                self.signals_received();
             }
         }
         if count == events.capacity() {
@@ -480,7 +489,7 @@ impl<H: Handler> Core<H> {
                         .on_timer(&mut Context::new(&mut self.table), timer, key);
                 }
                 Due::Idle(id) => self.table.check_idle(id),
-                Due::Close(id) => self.table.close_expired(id),
+                Due::Close { id, cut_at } => self.table.check_close(id, cut_at),
             }
         }
         self.table.sweep_timers();
@@ -500,6 +509,13 @@ impl<H: Handler> Core<H> {
             }
         }
     }
+}
+
+#[cfg(not(feature = "signals"))]
+impl<H: Handler> Core<H> {
+    /// Without the `signals` feature nothing is registered under the
+    /// signal token.
+    fn signals_received(&mut self) {}
 }
 
 /// Readable, and none of what makes a short read ambiguous: read-closed,

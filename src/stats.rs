@@ -46,6 +46,9 @@ pub struct Stats {
     /// Turns whose `epoll_wait` filled the whole events buffer: light
     /// connections may then wait a turn (see `Config::event_capacity`).
     pub full_event_batches: u64,
+    /// SIGINT and SIGTERM signals received through
+    /// `Reactor::stop_on_signals` (feature `signals`).
+    pub signals: u64,
 }
 
 /// Reads the reactor's [`Stats`] from any thread.

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use socket2::Socket;
 
 use crate::conn::{self, Buffers, Conn, flag};
 use crate::stop::{StopReport, StopRequest};
-use crate::timer::{Clock, Target, Timers, deadline_after};
+use crate::timer::{Clock, Target, Tick, Timers, deadline_after};
 use crate::{CloseReason, Config, ConnId, Error, Stats};
 
 /// Buffers kept for reuse, so a connection that needs one briefly does not
@@ -32,6 +33,7 @@ pub(crate) struct Limits {
     pub(crate) max_output: usize,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) close_timeout: Duration,
+    pub(crate) linger_timeout: Duration,
 }
 
 impl Limits {
@@ -48,6 +50,7 @@ impl Limits {
             max_output: config.max_output,
             idle_timeout: config.idle_timeout,
             close_timeout: config.close_timeout,
+            linger_timeout: config.linger_timeout,
         }
     }
 }
@@ -113,7 +116,7 @@ impl ConnTable {
             // The clock was read this turn: it is, whenever idle timeouts
             // are on.
             let deadline = deadline_after(self.clock.now, idle);
-            self.timers.schedule(deadline, Target::Idle(id));
+            self.timers.arm(deadline, Target::Idle(id));
         }
         id
     }
@@ -319,34 +322,48 @@ impl ConnTable {
         drained && self.get(id).is_some_and(|c| !c.has(flag::NO_WRITE))
     }
 
-    /// Graceful close: stop taking input, flush, FIN, wait for the peer's
-    /// FIN, then free the slot.
+    /// Graceful close: stop taking input, flush, FIN, then free the slot
+    /// as soon as that cannot make the kernel reset the connection.
     ///
-    /// Waiting for the peer's FIN matters: closing a socket with unread
-    /// input makes the kernel send a reset, which can destroy output the
-    /// peer has not read yet.
-    /// A close that has not finished within `close_timeout` is cut
-    /// (`TimedOut`): a peer that never reads, or never sends its FIN, cannot
-    /// hold the slot forever.
+    /// The rule (nginx's `lingering_close auto`): closing a socket while
+    /// the peer is still sending makes our kernel answer its late bytes
+    /// with a reset, which can destroy output the peer has not read yet.
+    /// So once the output is flushed and our FIN is out:
+    ///
+    /// - the peer's FIN already seen: done;
+    /// - the peer quiet (nothing arrived since the close began, nothing
+    ///   waiting to be read): done at once, with nothing to wait for;
+    /// - the peer still sending: linger, reading and discarding, until its
+    ///   FIN, or until it has sent nothing for `linger_timeout`.
+    ///
+    /// All of it within `close_timeout`, past which the close is cut with
+    /// a reset (`TimedOut`): a peer that never reads, or never stops
+    /// sending, cannot hold the slot forever.
     pub(crate) fn close(&mut self, id: ConnId) {
-        if let Some(conn) = self.get_mut(id) {
-            let first = !conn.has(flag::CLOSING);
-            conn.flags |= flag::CLOSING | flag::SHUTDOWN_PENDING;
-            // Reading goes on, even if the handler had paused it: input is
-            // discarded from now on, but the peer's FIN must be seen.
-            conn.flags &= !flag::USER_PAUSED;
-            if let Some(bufs) = conn.bufs.as_mut() {
-                bufs.input.clear();
-            }
-            if conn.wants_read() {
-                self.push_ready(id);
-            }
-            self.progress_shutdown(id);
-            if first && self.get(id).is_some() {
-                let deadline = deadline_after(self.clock.read(), self.limits.close_timeout);
-                self.timers.schedule(deadline, Target::Close(id));
-            }
+        let Some(conn) = self.get_mut(id) else {
+            return;
+        };
+        if conn.has(flag::CLOSING) {
+            return;
         }
+        conn.flags |= flag::CLOSING | flag::SHUTDOWN_PENDING;
+        // Reading goes on, even if the handler had paused it: input is
+        // discarded from now on, but what the peer sends must be seen.
+        conn.flags &= !flag::USER_PAUSED;
+        if let Some(bufs) = conn.bufs.as_mut() {
+            bufs.input.clear();
+        }
+        let wants_read = conn.wants_read();
+        // Armed before anything can finish the close: a closing connection
+        // always has its one close check pending (see `Timers::disarm`).
+        let now = self.clock.read();
+        let cut_at = deadline_after(now, self.limits.close_timeout);
+        let check = deadline_after(now, self.limits.linger_timeout).min(cut_at);
+        self.timers.arm(check, Target::Close { id, cut_at });
+        if wants_read {
+            self.push_ready(id);
+        }
+        self.progress_shutdown(id);
     }
 
     /// Half-close: FIN after the queued output; reading goes on.
@@ -381,18 +398,75 @@ impl ConnTable {
         // FIN sent and FIN seen: nothing more can pass either way, whether
         // the handler called `close` or `shutdown_write`.
         if conn.has(flag::READ_CLOSED) {
-            let reason = if conn.has(flag::STOPPING) {
-                if let Some(report) = self.stop_report.as_mut() {
-                    report.drained += 1;
-                }
-                CloseReason::Stopped
-            } else if conn.has(flag::PEER_CLOSED_FIRST) {
-                CloseReason::PeerClosed
-            } else {
-                CloseReason::Local
-            };
-            self.finish(id, reason);
+            self.finish_clean(id);
+        } else if conn.has(flag::CLOSING) && !conn.has(flag::HEARD_WHILE_CLOSING) {
+            // The peer has sent nothing since the close began: unless
+            // something is waiting after all, there is nothing to linger for.
+            self.finish_if_peer_quiet(id);
         }
+    }
+
+    /// Our FIN is out and the peer seems quiet: free the slot now if
+    /// nothing waits to be read (closing then makes no reset); else linger,
+    /// reading and discarding.
+    fn finish_if_peer_quiet(&mut self, id: ConnId) {
+        match self.input_waiting(id) {
+            Ok(false) => self.finish_clean(id),
+            Ok(true) => {
+                let conn = &mut self.conns[id.index()];
+                conn.flags |= flag::HEARD_WHILE_CLOSING | flag::READABLE;
+                conn.last_active = self.clock.now_ms;
+                self.push_ready(id);
+            }
+            Err(e) => self.fail(id, e),
+        }
+    }
+
+    /// Whether bytes wait in the kernel for the connection, unread (its FIN
+    /// alone does not count: closing over it sends no reset). One `peek`.
+    fn input_waiting(&self, id: ConnId) -> io::Result<bool> {
+        match self.conns[id.index()]
+            .socket
+            .peek(&mut [MaybeUninit::uninit()])
+        {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // Unknown: assume something waits (the careful answer).
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A close check came due (see `close`): cut the close if it has run
+    /// out of time, finish it if the peer has been silent for the linger
+    /// timeout since our FIN, else check again later.
+    pub(crate) fn check_close(&mut self, id: ConnId, cut_at: Tick) {
+        // A connection that finished meanwhile disarmed its check.
+        let Some(conn) = self.get(id) else {
+            return;
+        };
+        let now = self.clock.now;
+        if now >= cut_at {
+            self.time_out(id, true);
+            return;
+        }
+        let linger = self.limits.linger_timeout;
+        let mut next = deadline_after(now, linger);
+        if conn.has(flag::WRITE_SHUT) {
+            let linger_ms = u32::try_from(linger.as_millis()).unwrap_or(u32::MAX);
+            let quiet_ms = self.clock.now_ms.wrapping_sub(conn.last_active);
+            if quiet_ms > linger_ms {
+                self.finish_if_peer_quiet(id);
+                if self.get(id).is_none() {
+                    return;
+                }
+            } else {
+                let left = Duration::from_millis(u64::from(linger_ms - quiet_ms) + 1);
+                next = deadline_after(now, left);
+            }
+        }
+        self.timers
+            .schedule(next.min(cut_at), Target::Close { id, cut_at });
     }
 
     /// A socket error ends the connection.
@@ -409,25 +483,57 @@ impl ConnTable {
             if let Err(e) = conn.socket.set_linger(Some(Duration::ZERO)) {
                 log::debug!("conn {id}: SO_LINGER 0 before abort: {e}");
             }
-            self.finish(id, reason);
+            self.end(id, reason, Ending::Reset);
         }
     }
 
-    /// Marks the connection closed; the slot is freed at the end of the turn.
+    /// Ends a connection whose close went as it should: output flushed,
+    /// FIN sent, and the peer's FIN seen or nothing of the peer's unread.
+    /// It keeps the reason of whoever closed first: the stop, the peer, or
+    /// the handler.
+    pub(crate) fn finish_clean(&mut self, id: ConnId) {
+        let Some(conn) = self.get(id) else {
+            return;
+        };
+        let reason = if conn.has(flag::STOP_CLOSED) {
+            CloseReason::Stopped
+        } else if conn.has(flag::PEER_CLOSED_FIRST) {
+            CloseReason::PeerClosed
+        } else {
+            CloseReason::Local
+        };
+        self.end(id, reason, Ending::Clean);
+    }
+
+    /// Ends the connection as it is, for `reason` (an error, a timeout).
     pub(crate) fn finish(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(conn) = self.get_mut(id) else {
+        self.end(id, reason, Ending::AsItIs);
+    }
+
+    /// Marks the connection closed (the slot is freed at the end of the
+    /// turn), and counts it in the stop report if it was open when a stop
+    /// began: the one place that does.
+    fn end(&mut self, id: ConnId, reason: CloseReason, ending: Ending) {
+        let Some(conn) = live_mut(&mut self.conns, id) else {
             return;
         };
         conn.flags |= flag::DEAD;
         let dropped = conn.queued_output() as u64;
         let stopping = conn.has(flag::STOPPING);
+        // Its idle check and close check, if armed, are dead from now on.
+        let armed =
+            usize::from(self.limits.idle_timeout.is_some()) + usize::from(conn.has(flag::CLOSING));
         let bufs = conn.bufs.take();
+        self.timers.disarm(armed);
         self.stats.queued_output -= dropped;
-        if stopping && !matches!(reason, CloseReason::Stopped) {
-            if let Some(report) = self.stop_report.as_mut() {
-                report.failed += 1;
-                report.unsent_bytes += dropped;
+        if stopping {
+            let report = self.stop_report.get_or_insert_default();
+            match (ending, &reason) {
+                (Ending::Clean, _) => report.drained += 1,
+                (Ending::Reset, CloseReason::Stopped) => report.forced += 1,
+                _ => report.failed += 1,
             }
+            report.unsent_bytes += dropped;
         }
         if let Some(bufs) = bufs {
             self.recycle(bufs);
@@ -451,22 +557,26 @@ impl ConnTable {
         self.chores |= request != StopRequest::None;
     }
 
-    /// Ends a connection for a stop and counts it in the report: with a
-    /// reset if `cut` (output may be left, or the peer's FIN never came),
-    /// else closed as it is.
-    pub(crate) fn end_for_stop(&mut self, id: ConnId, cut: bool) {
-        let Some(queued) = self.get(id).map(Conn::queued_output) else {
+    /// `stop_now` for one connection: one last flush, then closed as it
+    /// is if that loses nothing (no output left, no input unread that would
+    /// make the kernel reset it), else cut with a reset and counted as
+    /// forced.
+    pub(crate) fn end_at_once(&mut self, id: ConnId) {
+        self.flush(id);
+        let Some(conn) = self.get(id) else {
             return;
         };
-        let report = self.stop_report.get_or_insert_default();
-        report.unsent_bytes += queued as u64;
+        let cut = conn.queued_output() > 0 || !matches!(self.input_waiting(id), Ok(false));
         if cut {
-            report.forced += 1;
             self.drop_connection(id, CloseReason::Stopped);
         } else {
-            report.drained += 1;
-            self.finish(id, CloseReason::Stopped);
+            self.finish_clean(id);
         }
+    }
+
+    /// The drain deadline came: cut the connection if it is still open.
+    pub(crate) fn cut_for_stop(&mut self, id: ConnId) {
+        self.drop_connection(id, CloseReason::Stopped);
     }
 
     /// An idle check came due: close the connection if no read or write
@@ -486,13 +596,6 @@ impl ConnTable {
             let left = Duration::from_millis(u64::from(idle_ms - quiet_ms) + 1);
             self.timers
                 .schedule(deadline_after(self.clock.now, left), Target::Idle(id));
-        }
-    }
-
-    /// A graceful close's deadline came: cut it if it is still going.
-    pub(crate) fn close_expired(&mut self, id: ConnId) {
-        if self.get(id).is_some_and(|c| c.has(flag::CLOSING)) {
-            self.time_out(id, true);
         }
     }
 
@@ -516,7 +619,7 @@ impl ConnTable {
         let conns = &self.conns;
         self.timers.compact(|target| match target {
             Target::Idle(id) => conns.get(id.index()).is_some_and(|c| c.is(id)),
-            Target::Close(id) => conns
+            Target::Close { id, .. } => conns
                 .get(id.index())
                 .is_some_and(|c| c.is(id) && c.has(flag::CLOSING)),
             Target::User(_) => true,
@@ -577,6 +680,17 @@ impl ConnTable {
             self.stats.closed += 1;
         }
     }
+}
+
+/// How a connection ended, for the stop report (see `ConnTable::end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Closed as it should: drained.
+    Clean,
+    /// Cut with a reset by us: forced if the stop cut it.
+    Reset,
+    /// Closed as it was, for an error or a timeout: failed.
+    AsItIs,
 }
 
 /// The live connection with this id, borrowing only the slab (so the caller

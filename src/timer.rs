@@ -7,6 +7,10 @@
 //! entry, found dead when it reaches the top, is dropped then. A connection
 //! deadline needs no cancelling at all: when it comes due the loop looks at
 //! the connection as it is then (closed? active since?) and acts or not.
+//! The heap counts its live entries (handler timers in the slab, and the
+//! connection deadlines of connections not yet closed), so once every entry
+//! left is dead the heap is emptied: a loop whose timers are all dead reads
+//! no clock and sleeps without a timeout.
 //!
 //! Why a heap and not a timing wheel: a heap gives exact deadlines at any
 //! range with no tick to choose, costs nothing while no timer is due (the
@@ -122,8 +126,9 @@ pub(crate) enum Target {
     User(TimerId),
     /// Check whether the connection has been idle for the idle timeout.
     Idle(ConnId),
-    /// A graceful close of the connection has run out of time.
-    Close(ConnId),
+    /// A graceful close's periodic check: cut it at `cut_at` (the close
+    /// timeout), or finish it once the peer has fallen silent.
+    Close { id: ConnId, cut_at: Tick },
 }
 
 /// A timer of the handler's, alive while it is in the slab.
@@ -173,7 +178,7 @@ pub(crate) enum Due {
     /// See [`Target::Idle`].
     Idle(ConnId),
     /// See [`Target::Close`].
-    Close(ConnId),
+    Close { id: ConnId, cut_at: Tick },
 }
 
 /// Every armed timer of one reactor.
@@ -185,6 +190,10 @@ pub(crate) struct Timers {
     next_generation: u32,
     /// Heap length past which `compact` sweeps again.
     sweep_at: usize,
+    /// Connection deadlines whose connection is still open (armed with
+    /// `arm`, disarmed when their connection closes): with `user`, what
+    /// tells a heap of dead entries from one with work in it.
+    live_conn_deadlines: usize,
 }
 
 impl Timers {
@@ -245,7 +254,22 @@ impl Timers {
         live
     }
 
-    /// Pushes an entry; the reactor's connection deadlines come this way.
+    /// Arms a connection deadline: a connection's first idle check, or its
+    /// first close check. Each is re-armed with `schedule` while it
+    /// matters, and `disarm`ed when its connection closes.
+    pub(crate) fn arm(&mut self, deadline: Tick, target: Target) {
+        self.live_conn_deadlines += 1;
+        self.schedule(deadline, target);
+    }
+
+    /// A connection closed with `count` deadlines armed: their entries are
+    /// dead from now on.
+    pub(crate) fn disarm(&mut self, count: usize) {
+        self.live_conn_deadlines -= count;
+    }
+
+    /// Pushes an entry: a handler's timer, or the next check of an armed
+    /// connection deadline.
     pub(crate) fn schedule(&mut self, deadline: Tick, target: Target) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -257,9 +281,14 @@ impl Timers {
     }
 
     /// The earliest deadline of a live handler timer or a connection
-    /// deadline (connection deadlines are not checked here; one that turns
-    /// out moot costs one early wake-up). Drops cancelled timers on top.
+    /// deadline (connection deadlines are not checked one by one; one that
+    /// turns out moot costs one early wake-up). Drops cancelled timers on
+    /// top, and every entry once none is live.
     pub(crate) fn next_deadline(&mut self) -> Option<Tick> {
+        if self.user.is_empty() && self.live_conn_deadlines == 0 {
+            self.heap.clear();
+            return None;
+        }
         while let Some(top) = self.heap.peek() {
             if self.is_cancelled(top.target) {
                 self.heap.pop();
@@ -292,7 +321,7 @@ impl Timers {
             let entry = self.heap.pop()?;
             match entry.target {
                 Target::Idle(id) => return Some(Due::Idle(id)),
-                Target::Close(id) => return Some(Due::Close(id)),
+                Target::Close { id, cut_at } => return Some(Due::Close { id, cut_at }),
                 Target::User(id) => {
                     if self.is_cancelled(entry.target) {
                         continue;
@@ -346,6 +375,7 @@ impl Timers {
     pub(crate) fn clear(&mut self) {
         self.heap.clear();
         self.user.clear();
+        self.live_conn_deadlines = 0;
     }
 
     fn is_cancelled(&self, target: Target) -> bool {
@@ -354,7 +384,7 @@ impl Timers {
                 .user
                 .get(id.slot as usize)
                 .is_none_or(|t| t.generation != id.generation),
-            Target::Idle(_) | Target::Close(_) => false,
+            Target::Idle(_) | Target::Close { .. } => false,
         }
     }
 }
@@ -478,5 +508,26 @@ mod tests {
         }
         timers.compact(|_| false);
         assert_eq!(timers.entries(), 0);
+    }
+
+    #[test]
+    fn a_heap_whose_entries_are_all_dead_is_emptied_and_sets_no_timeout() {
+        let mut timers = Timers::default();
+        let conn = ConnId::new(3, 1);
+        let close_check = Target::Close {
+            id: conn,
+            cut_at: ms(30_000),
+        };
+        timers.arm(ms(100), close_check);
+        let timer = timers.set(ms(50), 1, None);
+        assert_eq!(timers.next_deadline(), Some(ms(50)));
+        assert!(timers.cancel(timer));
+        // The close check is live while its connection is open.
+        assert_eq!(timers.next_deadline(), Some(ms(100)));
+        // Re-armed checks stay one live deadline.
+        timers.schedule(ms(200), close_check);
+        timers.disarm(1); // the connection closed
+        assert_eq!(timers.next_deadline(), None);
+        assert!(timers.is_empty(), "{} entries left", timers.entries());
     }
 }

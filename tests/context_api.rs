@@ -662,12 +662,8 @@ fn close_flushes_queued_output_before_its_fin() {
     end.expect("a clean EOF after the output");
     assert!(rest.is_empty(), "{} bytes after the output", rest.len());
 
-    // The slot waits for our FIN.
-    assert!(
-        reports.closes_so_far().is_empty(),
-        "closed before the peer's FIN"
-    );
-    client.shutdown(Shutdown::Write).expect("client half-close");
+    // We are a quiet peer (nothing sent since the close began): the slot
+    // is freed once the output is flushed, without waiting for our FIN.
     let reason = reports.close_reason(id);
     assert!(matches!(reason, CloseReason::Local), "{reason:?}");
     let stats = server.wait_stats("the close counted", |s| s.closed == 1);

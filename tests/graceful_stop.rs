@@ -6,8 +6,8 @@
 //! cut with a reset once `drain_timeout` has passed (never earlier) and
 //! counted forced with its unsent bytes; that the listener is closed as the
 //! stop begins (new connects are refused) while old connections still
-//! drain; that a peer closing during the drain counts as drained and one
-//! resetting counts as failed; that `stop_now` returns at once, cutting
+//! drain; that a quiet peer is drained at once, without waiting for its
+//! FIN, and one resetting counts as failed; that `stop_now` returns at once, cutting
 //! only connections with output left, also in the middle of a drain; that
 //! a program driving `run_once` itself sees the stop complete and later
 //! turns do nothing; and that bytes sent in the callback that stops are
@@ -359,23 +359,26 @@ fn stop_cuts_a_peer_that_never_reads_at_the_drain_deadline_and_not_before() {
 fn stop_refuses_new_connections_while_old_ones_drain() {
     let (handler, mut reports) = Commands::new();
     let running = run_on_thread(Config::default().drain_timeout(LONG_DRAIN), handler);
-    let (mut old, old_id) = idle_client(&running, &mut reports);
+    let (mut old, old_id) = client_with_output_queued(&running, &mut reports);
+    // An idle one closes at once: its FIN says the stop has begun.
+    let (mut idle, _) = idle_client(&running, &mut reports);
 
     running.handle.stop();
-    expect_fin(&mut old); // the listener was closed before this FIN was sent
+    expect_fin(&mut idle); // the listener was closed before this FIN was sent
     match TcpStream::connect(running.addr) {
         Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
         Ok(_) => panic!("a connect after the stop began was accepted"),
     }
-    // The old connection still holds the stop open: the reactor waits for
-    // its FIN.
+    // The old connection still holds the stop open: its reply is not
+    // flushed until it reads.
     assert!(
         !running.has_returned(),
-        "run returned before the old peer closed"
+        "run returned before the old peer had its reply"
     );
     assert!(!running.handle.is_stopped());
 
-    drop(old);
+    let got = read_to_eof(&mut old).expect("the whole reply, then FIN");
+    assert!(got == big(), "the reply differs ({} bytes)", got.len());
     let (report, _) = running.join();
     // The refused connect never became a connection.
     assert_eq!(
@@ -385,7 +388,7 @@ fn stop_refuses_new_connections_while_old_ones_drain() {
             report.failed,
             report.unsent_bytes
         ),
-        (1, 0, 0, 0),
+        (2, 0, 0, 0),
         "{report}"
     );
     let reason = close_reason(&mut reports, old_id);
@@ -393,16 +396,18 @@ fn stop_refuses_new_connections_while_old_ones_drain() {
 }
 
 #[test]
-fn a_peer_that_closes_during_the_drain_counts_as_drained() {
+fn a_quiet_peer_is_drained_at_once_without_waiting_for_its_fin() {
     let (handler, mut reports) = Commands::new();
     let running = run_on_thread(Config::default().drain_timeout(LONG_DRAIN), handler);
     let (mut client, id) = idle_client(&running, &mut reports);
 
     running.handle.stop();
-    expect_fin(&mut client); // draining: the server waits for our FIN
-    drop(client);
-
+    // Nothing in flight either way: the stop needs nothing more of this
+    // peer, and `run` returns while it is still connected (a stop waiting
+    // for its FIN would fail this join, long before the 60 s drain ends).
     let (report, _) = running.join();
+    expect_fin(&mut client);
+    drop(client);
     assert_eq!(
         (
             report.drained,
@@ -422,10 +427,11 @@ fn a_peer_that_resets_during_the_drain_counts_as_failed() {
     let (handler, mut reports) = Commands::new();
     let running = run_on_thread(Config::default().drain_timeout(LONG_DRAIN), handler);
     let (resetter, reset_id) = client_with_output_queued(&running, &mut reports);
-    let (mut witness, witness_id) = idle_client(&running, &mut reports);
+    let (mut witness, witness_id) = client_with_output_queued(&running, &mut reports);
+    let (mut idle, _) = idle_client(&running, &mut reports);
 
     running.handle.stop();
-    expect_fin(&mut witness); // the drain has begun
+    expect_fin(&mut idle); // the drain has begun
     // SO_LINGER 0: closing sends a reset instead of a FIN.
     SockRef::from(&resetter)
         .set_linger(Some(Duration::ZERO))
@@ -438,12 +444,14 @@ fn a_peer_that_resets_during_the_drain_counts_as_failed() {
         "run returned before the witness closed"
     );
 
-    drop(witness);
+    let got = read_to_eof(&mut witness).expect("the whole reply, then FIN");
+    assert!(got == big(), "the reply differs ({} bytes)", got.len());
     let (report, _) = running.join();
-    // The reset one failed with its queued reply unsent; the witness drained.
+    // The reset one failed with its queued reply unsent; the witness and
+    // the idle one drained.
     assert_eq!(
         (report.drained, report.forced, report.failed),
-        (1, 0, 1),
+        (2, 0, 1),
         "{report}"
     );
     assert!(report.unsent_bytes > 0, "{report}");
@@ -550,7 +558,12 @@ fn a_program_driving_run_once_sees_the_stop_complete_and_later_turns_do_nothing(
             }
         }
     }
-    assert!(client.is_none(), "stopped before the client closed");
+    // A quiet peer: the stop completed without waiting for its FIN. What
+    // the server sent is all there, then its FIN.
+    if let Some(mut stream) = client.take() {
+        stream.set_nonblocking(false).expect("blocking client");
+        got.extend(read_to_eof(&mut stream).expect("the rest, then FIN"));
+    }
     assert_eq!(got, b"bye\n");
     let report = reactor.stop_report().expect("a report once stopped");
     assert_eq!(

@@ -381,9 +381,8 @@ fn shutdown_write_sends_fin_but_keeps_reading() {
     }
     assert_eq!(received, more);
 
-    // The handler has closed; the slot is freed once our FIN arrives.
-    assert!(!reports.closed_yet(id), "freed before the peer's FIN");
-    client.shutdown(Shutdown::Write).expect("client half-close");
+    // The handler closed on `bye`, with everything we sent read: nothing
+    // to linger for, so the slot is freed without waiting for our FIN.
     let reason = reports.close_reason(id);
     assert!(matches!(reason, CloseReason::Local), "{reason:?}");
     let mut byte = [0; 1];

@@ -405,14 +405,22 @@ fn a_peer_that_never_reads_queued_output_is_timed_out_with_a_reset() {
 }
 
 #[test]
-fn a_close_the_peer_never_completes_with_its_fin_is_cut_at_close_timeout() {
+fn a_close_that_lingers_past_close_timeout_is_cut() {
     const CLOSE: Duration = Duration::from_millis(300);
+    // Reads of 5 bytes: `close` is read alone, and the dots sent with it
+    // are still waiting when the close begins. The peer is sending, so the
+    // close lingers; it would wait 60 s for the peer to fall silent, but
+    // the close timeout comes first.
+    let config = Config::default()
+        .close_timeout(CLOSE)
+        .linger_timeout(Duration::from_secs(60))
+        .read_chunk(5);
     let (seen, mut reports) = Reports::new();
-    let server = start(Config::default().close_timeout(CLOSE), Watch::new(seen));
+    let server = start(config, Watch::new(seen));
 
     let mut client = connect(server.addr);
     let (id, _) = opened(&mut reports);
-    client.write_all(b"close").expect("write");
+    client.write_all(b"close.....").expect("write");
     let closing_at = closing(&mut reports, id);
     // Nothing was queued: the server's FIN comes at once.
     let (received, end) = read_until_end(&mut client);

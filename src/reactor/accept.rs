@@ -8,11 +8,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use mio::Interest;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
-use socket2::Socket;
+use socket2::{Socket, TcpKeepalive};
 
 use crate::stop::StopRequest;
 use crate::timer::{Tick, deadline_after};
-use crate::{Context, Handler};
+use crate::{Context, Handler, Keepalive};
 
 use super::Core;
 
@@ -113,6 +113,11 @@ impl<H: Handler> Core<H> {
                 log::debug!("TCP_NODELAY for {peer}: {e}");
             }
         }
+        if let Some(keepalive) = &self.config.keepalive {
+            if let Err(e) = socket.set_tcp_keepalive(&tcp_keepalive(keepalive)) {
+                log::debug!("TCP keepalive for {peer}: {e}");
+            }
+        }
         // Urgent data stays in the byte stream: no byte silently vanishes,
         // and the reactor never needs MSG_OOB.
         if let Err(e) = socket.set_out_of_band_inline(true) {
@@ -148,6 +153,17 @@ impl<H: Handler> Core<H> {
             .on_open(&mut Context::new(&mut self.table), id, peer);
         self.user[index] = Some(state);
     }
+}
+
+/// `SO_KEEPALIVE` with the probe times and count, where the OS lets them be
+/// set per socket (everywhere but OpenBSD, which has the idle time only).
+fn tcp_keepalive(keepalive: &Keepalive) -> TcpKeepalive {
+    let params = TcpKeepalive::new().with_time(keepalive.idle);
+    #[cfg(not(target_os = "openbsd"))]
+    let params = params
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries);
+    params
 }
 
 /// Readable and writable, plus urgent data where the OS reports it apart

@@ -99,7 +99,11 @@ impl<H: Handler> Core<H> {
                     // WouldBlock.
                     conn.flags &= !flag::READABLE;
                 }
-                if !conn.has(flag::CLOSING) {
+                if conn.has(flag::CLOSING) {
+                    // Discarded; but the peer is still sending, so the
+                    // close lingers (see `ConnTable::close`).
+                    conn.flags |= flag::HEARD_WHILE_CLOSING;
+                } else {
                     self.deliver(id, n);
                 }
                 // Drained: nothing more to read. A callback that resumed

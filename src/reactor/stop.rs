@@ -26,7 +26,7 @@ impl<H: Handler> Core<H> {
             .is_some_and(|deadline| self.table.clock.read() >= deadline);
         if out_of_time {
             for id in self.open_connections() {
-                self.table.end_for_stop(id, true);
+                self.table.cut_for_stop(id);
             }
             self.finish_closes();
         }
@@ -36,7 +36,9 @@ impl<H: Handler> Core<H> {
     }
 
     /// Graceful stop: no more accepting; every connection closes gracefully
-    /// (flush, FIN, wait for the peer's FIN) until the drain deadline.
+    /// (flush, FIN, linger only while the peer is sending; see
+    /// `ConnTable::close`) until the drain deadline. Connections with
+    /// nothing in flight close in this very turn.
     fn begin_drain(&mut self) {
         let open = self.begin_stop(StopRequest::Graceful);
         let now = self.table.clock.read();
@@ -49,20 +51,20 @@ impl<H: Handler> Core<H> {
     }
 
     /// `stop_now`: one last non-blocking flush each, then close, with a
-    /// reset where output is left.
+    /// reset where output is left or input unread.
     fn stop_at_once(&mut self) {
         for id in self.begin_stop(StopRequest::Now) {
-            self.table.flush(id);
-            let cut = self.table.get(id).is_some_and(|c| c.queued_output() > 0);
-            self.table.end_for_stop(id, cut);
+            self.table.end_at_once(id);
         }
         self.finish_closes();
         self.complete_stop();
     }
 
     /// What both kinds of stop start with: the listener closes, the report
-    /// starts counting, and every open connection is marked as ending for
-    /// the stop. Returns those connections.
+    /// starts counting, and every open connection is marked as counted in
+    /// it; those the handler or the peer had not begun to close are marked
+    /// as closed by the stop (their reason is `Stopped`). Returns the open
+    /// connections.
     fn begin_stop(&mut self, kind: StopRequest) -> Vec<ConnId> {
         self.stopping = kind;
         self.close_listener();
@@ -71,6 +73,9 @@ impl<H: Handler> Core<H> {
         for &id in &open {
             if let Some(conn) = self.table.get_mut(id) {
                 conn.flags |= flag::STOPPING;
+                if !conn.has(flag::CLOSING) {
+                    conn.flags |= flag::STOP_CLOSED;
+                }
             }
         }
         open
