@@ -161,6 +161,7 @@ mod handler;
 mod id;
 mod listener;
 mod os_limits;
+mod platform;
 mod reactor;
 mod stats;
 mod stop;
