@@ -630,17 +630,29 @@ fn a_second_sigterm_cuts_a_drain_that_cannot_finish() {
     let stderr = program.stderr();
     let line = stop_line(&stderr);
     let ([drained, forced, failed, unsent], signals) = stop_report(line);
-    assert_eq!((drained, forced, failed, signals), (0, 1, 0, 2), "{line}");
-    // What it held then is what the reset dropped: some of the echo, never
-    // above the 64 KiB at which it stops reading, nothing it did not read.
-    assert!(
-        unsent > 0 && unsent <= 64 * 1024,
-        "held {held_by_server} bytes of echo at the first signal: {line}"
-    );
+    // The second signal ended the drain (`stop_now`): one connection, counted
+    // once, by the one last flush it got. Usually output is left and it is
+    // cut (forced): what it held then is what the reset dropped, some of the
+    // echo, never above the 64 KiB at which it stops reading. But the kernel
+    // may have room for all of it by then without having said so (a socket
+    // reports writable again only once a good part of its buffer is free),
+    // and then that flush empties the queue and it counts as drained.
+    assert_eq!((failed, signals), (0, 2), "{line}");
+    assert_eq!(drained + forced, 1, "{line}");
+    if forced == 1 {
+        assert!(
+            unsent > 0 && unsent <= 64 * 1024,
+            "held {held_by_server} bytes of echo at the first signal: {line}"
+        );
+    } else {
+        assert_eq!(unsent, 0, "{line}");
+    }
+    // Nothing it did not read.
     assert!(
         number_before(line, " bytes out") + unsent <= number_before(line, " bytes in"),
         "{line}"
     );
+    // Either way the server's socket closed with input unread: a reset.
     writer_ended
         .recv_timeout(DEADLINE)
         .expect("the client's writes fail once the server has reset it");
