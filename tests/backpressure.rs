@@ -20,7 +20,9 @@ use tcp_reactor::{Config, Echo, Stats};
 const QUIET: Duration = Duration::from_millis(25);
 
 /// Whole loop turns the server must run without moving a byte (and no
-/// client socket get an event) for the exchange to count as stalled.
+/// client socket get an event) for the exchange to count as stalled. A
+/// stalled reactor sleeps in `epoll_wait`; the test wakes it for these
+/// turns (`Server::wake`), in which it serves whatever is pending.
 const IDLE_TURNS: u64 = 3;
 
 /// Bytes the kernel may buffer for one loopback connection whose client
@@ -200,7 +202,8 @@ fn progress(stats: &Stats) -> (u64, u64, u64) {
 /// `stalled` holds for the server's counters, and meanwhile the server ran
 /// [`IDLE_TURNS`] whole loop turns without moving a byte (its counters are
 /// published once per turn, so an unchanged snapshot alone could just be
-/// one long turn). Every snapshot seen is passed to `check` first.
+/// one long turn; the test wakes the server for those turns). Every
+/// snapshot seen is passed to `check` first.
 fn write_until_stalled(
     server: &Server<Echo>,
     poll: &mut Poll,
@@ -230,8 +233,10 @@ fn write_until_stalled(
             if now.turns >= since.turns + IDLE_TURNS {
                 return now;
             }
+            server.wake();
         } else {
             quiet_since = Some(now);
+            server.wake();
         }
         poll.poll(&mut events, Some(QUIET)).expect("client poll");
         for event in events.iter() {

@@ -691,22 +691,34 @@ fn a_second_sigterm_cuts_a_drain_that_cannot_finish() {
     );
 
     program.signal(libc::SIGTERM);
-    let status = program.wait(Duration::from_secs(10));
+    let status = program.wait(DEADLINE);
     assert_eq!(status.code(), Some(0), "{status}");
     let stderr = program.stderr();
     let line = stop_line(&stderr);
     let ([drained, forced, failed, unsent], signals) = stop_report(line);
-    assert_eq!((drained, forced, failed, signals), (0, 1, 0, 2), "{line}");
-    // What it held then is what the reset dropped: some of the echo, never
-    // above the 64 KiB at which it stops reading, nothing it did not read.
-    assert!(
-        unsent > 0 && unsent <= 64 * 1024,
-        "held {held_by_server} bytes of echo at the first signal: {line}"
-    );
+    // The second signal ended the drain (`stop_now`): one connection, counted
+    // once, by the one last flush it got. Usually output is left and it is
+    // cut (forced): what it held then is what the reset dropped, some of the
+    // echo, never above the 64 KiB at which it stops reading. But the kernel
+    // may have room for all of it by then without having said so (a socket
+    // reports writable again only once a good part of its buffer is free),
+    // and then that flush empties the queue and it counts as drained.
+    assert_eq!((failed, signals), (0, 2), "{line}");
+    assert_eq!(drained + forced, 1, "{line}");
+    if forced == 1 {
+        assert!(
+            unsent > 0 && unsent <= 64 * 1024,
+            "held {held_by_server} bytes of echo at the first signal: {line}"
+        );
+    } else {
+        assert_eq!(unsent, 0, "{line}");
+    }
+    // Nothing it did not read.
     assert!(
         number_before(line, " bytes out") + unsent <= number_before(line, " bytes in"),
         "{line}"
     );
+    // Either way the server's socket closed with input unread: a reset.
     writer_ended
         .recv_timeout(DEADLINE)
         .expect("the client's writes fail once the server has reset it");
@@ -744,28 +756,41 @@ fn wait_for_close(stream: &mut TcpStream) -> Instant {
 
 #[test]
 fn idle_timeout_closes_quiet_connections_only() {
-    const IDLE: Duration = Duration::from_millis(300);
-    let (mut program, addr) = serve_with("127.0.0.1:0", &["--idle-timeout", "0.3"]);
+    const IDLE: Duration = Duration::from_secs(1);
+    /// How often the active client talks: fifty times per timeout, so only
+    /// a stall of most of a timeout could make it look idle.
+    const PACE: Duration = Duration::from_millis(20);
+    /// How long it talks: several timeouts.
+    const ACTIVE_FOR: Duration = Duration::from_secs(3);
+    let (mut program, addr) = serve_with("127.0.0.1:0", &["--idle-timeout", "1"]);
 
-    // Active: an echo every ~50 ms for over a second, well within the timeout.
+    // Active: an echo every PACE for several idle timeouts.
     let active = std::thread::spawn(move || {
         let mut stream = connect(addr);
         let start = Instant::now();
         let mut rounds = 0u32;
+        let mut quiet_for = Duration::ZERO;
+        let mut last_echo = start;
         loop {
+            quiet_for = quiet_for.max(last_echo.elapsed());
             stream
                 .write_all(b"tick")
                 .expect("an active client is served");
             let mut back = [0; 4];
-            stream
-                .read_exact(&mut back)
-                .expect("an active client gets its echo");
+            stream.read_exact(&mut back).unwrap_or_else(|e| {
+                panic!(
+                    "an active client gets its echo (after {rounds} rounds, quiet for \
+                     {quiet_for:?} at most): {e}"
+                )
+            });
             assert_eq!(&back, b"tick");
+            last_echo = Instant::now();
             rounds += 1;
-            if start.elapsed() > Duration::from_secs(1) {
+            if start.elapsed() > ACTIVE_FOR {
                 return (stream, rounds);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Pacing: this is how often the client talks.
+            std::thread::sleep(PACE);
         }
     });
 
@@ -795,10 +820,12 @@ fn idle_timeout_closes_quiet_connections_only() {
 
     let (mut stream, rounds) = active.join().expect("the active client");
     assert!(rounds >= 2, "{rounds} echoes");
-    stream.write_all(b"last").expect("still served after 1 s");
+    stream
+        .write_all(b"last")
+        .expect("still served after several timeouts");
     stream
         .read_exact(&mut back)
-        .expect("still served after 1 s");
+        .expect("still served after several timeouts");
     assert_eq!(&back, b"last");
 
     // Closed by the client (the server's FIN after ours: it is done with

@@ -3,190 +3,214 @@
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream as StdStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
 
-use common::{DEADLINE, Plan, pattern, run_echo_clients, start, wait_until, write_pattern};
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use tcp_reactor::{Config, Echo};
+use common::{
+    Plan, any_local_address, connect, drive_until, pattern, pattern_bytes, run_echo_clients, start,
+    write_pattern,
+};
+use tcp_reactor::{Config, ConnId, Context, Echo, Handler, Reactor};
 
-/// What the flooding client saw.
+/// The fairness test's read budget: at most this many reads of
+/// [`READ_CHUNK`] bytes from one connection per turn.
+const READS_PER_TURN: usize = 1;
+const READ_CHUNK: usize = 4096;
+/// The most one connection may be given in one turn.
+const BUDGET: u64 = (READS_PER_TURN * READ_CHUNK) as u64;
+
+/// What [`SinkOrEcho`] delivered, turn by turn, as the reactor counts
+/// turns (`Stats::turns` inside the callback).
 #[derive(Debug, Default)]
-struct FloodOutcome {
-    sent: u64,
-    received: u64,
-    first_mismatch: Option<u64>,
-    error: Option<io::ErrorKind>,
-    /// It ran into [`DEADLINE`] before being told to stop.
-    timed_out: bool,
+struct Deliveries {
+    /// The first connection accepted: the flood.
+    flood: Option<ConnId>,
+    /// Bytes delivered to the flood's `on_data`, by turn.
+    flood_by_turn: BTreeMap<u64, u64>,
+    /// Bytes delivered to the light connections' `on_data`, all together,
+    /// by turn.
+    light_by_turn: BTreeMap<u64, u64>,
+    /// Bytes delivered to each light connection in all.
+    light_total: HashMap<ConnId, u64>,
+    /// Each connection's id, by its peer's address.
+    ids: HashMap<SocketAddr, ConnId>,
 }
 
-/// A client on its own thread that writes as fast as the server lets it
-/// and reads the echo, until told to stop.
-struct Flood {
-    stop: Arc<AtomicBool>,
-    /// Echoed bytes received so far.
-    received: Arc<AtomicU64>,
-    thread: JoinHandle<FloodOutcome>,
+/// A sink for the first connection (the flood: consumed and counted, no
+/// echo, so nothing the flood's client does not read piles up) and an echo
+/// for every other; records what each got in which turn.
+#[derive(Debug, Default)]
+struct SinkOrEcho {
+    log: Deliveries,
 }
 
-const FLOOD_SEED: u64 = 0xF100D;
+impl Handler for SinkOrEcho {
+    type Conn = ();
+    type Message = ();
 
-impl Flood {
-    fn start(addr: SocketAddr) -> Flood {
-        let stop = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            let received = Arc::clone(&received);
-            thread::spawn(move || flood(addr, &stop, &received))
-        };
-        Flood {
-            stop,
-            received,
-            thread,
+    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
+        self.log.flood.get_or_insert(id);
+        self.log.ids.insert(peer, id);
+    }
+
+    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        let turn = cx.stats().turns;
+        let n = data.len() as u64;
+        if self.log.flood == Some(id) {
+            *self.log.flood_by_turn.entry(turn).or_default() += n;
+        } else {
+            *self.log.light_by_turn.entry(turn).or_default() += n;
+            *self.log.light_total.entry(id).or_default() += n;
+            cx.send(id, data).expect("echo a light message");
         }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    fn finish(self) -> FloodOutcome {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("flood thread")
+        data.len()
     }
 }
 
-fn flood(addr: SocketAddr, stop: &AtomicBool, shared_received: &AtomicU64) -> FloodOutcome {
-    let std_stream = StdStream::connect(addr).expect("flood connect");
-    std_stream.set_nonblocking(true).expect("non-blocking");
-    let mut stream = TcpStream::from_std(std_stream);
-    let mut poll = Poll::new().expect("flood poll");
-    poll.registry()
-        .register(
-            &mut stream,
-            Token(0),
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .expect("register the flood client");
-    let mut events = Events::with_capacity(8);
-    let mut out = vec![0u8; 64 * 1024];
-    let mut input = vec![0u8; 64 * 1024];
-    let mut outcome = FloodOutcome::default();
-    let deadline = Instant::now() + DEADLINE;
-    while !stop.load(Ordering::Relaxed) && outcome.error.is_none() {
-        if Instant::now() >= deadline {
-            outcome.timed_out = true;
-            break;
+/// Writes `chunk` over and over to the non-blocking `stream` until the
+/// kernel takes no more; returns the bytes written.
+fn top_up(stream: &mut TcpStream, chunk: &[u8]) -> u64 {
+    let mut written = 0;
+    loop {
+        match stream.write(chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return written,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("flood write after {written} bytes: {e}"),
         }
-        // Both directions until WouldBlock, then wait for an edge (briefly,
-        // to see the stop flag).
-        loop {
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = pattern(FLOOD_SEED, outcome.sent + i as u64);
-            }
-            match stream.write(&out) {
-                Ok(n) => outcome.sent += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    outcome.error = Some(e.kind());
-                    break;
-                }
-            }
-        }
-        loop {
-            match stream.read(&mut input) {
-                Ok(0) => {
-                    outcome.error = Some(io::ErrorKind::UnexpectedEof);
-                    break;
-                }
-                Ok(n) => {
-                    for (i, &b) in input[..n].iter().enumerate() {
-                        let offset = outcome.received + i as u64;
-                        if outcome.first_mismatch.is_none() && b != pattern(FLOOD_SEED, offset) {
-                            outcome.first_mismatch = Some(offset);
-                        }
-                    }
-                    outcome.received += n as u64;
-                    shared_received.store(outcome.received, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    outcome.error = Some(e.kind());
-                    break;
-                }
-            }
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(10)))
-            .expect("flood poll");
     }
-    outcome
 }
 
+/// Light client `client`'s message in round `round`: its own bytes.
+fn light_message(client: usize, round: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| pattern(client as u64 + 1, (round * len + k) as u64))
+        .collect()
+}
+
+/// Fairness, counted by the reactor rather than timed: the test drives the
+/// loop with `run_once` (what one turn does is the question) and the
+/// handler records the bytes each connection got in each turn.
+///
+/// One client floods: before every round it fills its socket until the
+/// kernel takes no more, so the reactor always has far more of its bytes
+/// than one turn's budget. In each round twenty light clients send one
+/// 64-byte message each, and the loop turns until every one has been
+/// delivered and echoed. Fair means: every light client gets its exact
+/// echo; the flood never gets more than its budget
+/// (`reads_per_turn x read_chunk`) in a turn; and light messages are served
+/// in turns in which the flood also got its whole budget, that is while its
+/// bytes were still waiting, not only once it had been drained.
+///
+/// An unfair reactor fails it: one that reads a connection until
+/// `WouldBlock`, or serves a carried-over connection twice in a turn, gives
+/// the flood more than its budget in a turn (running this test with
+/// `reads_per_turn(1000)` in the config, and the budget assertion
+/// unchanged, fails it that way); one that serves carried-over connections
+/// before new events and keeps at them while they have bytes serves the
+/// light clients only once the flood is drained (no shared turn), or never
+/// (the round's deadline).
 #[test]
 fn light_clients_finish_while_one_client_floods() {
     const LIGHT: usize = 20;
-    const MESSAGE: u64 = 64;
-    const ROUNDS: u64 = 50;
-    let config = Config::default().reads_per_turn(1).read_chunk(4096);
-    let server = start(config, Echo);
+    const MESSAGE: usize = 64;
+    const ROUNDS: usize = 50;
+    let config = Config::default()
+        .reads_per_turn(READS_PER_TURN)
+        .read_chunk(READ_CHUNK);
+    let mut reactor =
+        Reactor::bind(any_local_address(), config, SinkOrEcho::default()).expect("bind on port 0");
+    let addr = reactor.local_addr();
 
-    let flood = Flood::start(server.addr);
-    // The flood is under way before the light clients start.
-    wait_until("the flood to get 1 MiB of echo", || {
-        flood.received() >= 1024 * 1024
+    // The flood connects first: the handler takes the first connection for
+    // the flood.
+    let mut flood = connect(addr);
+    flood.set_nonblocking(true).expect("non-blocking flood");
+    drive_until(&mut reactor, "the flood's connection", |r| {
+        r.stats().accepted == 1
     });
-    let flood_before = flood.received();
+    // Light clients are blocking (with the read and write timeouts of
+    // `connect`): a 64-byte write to an empty socket never waits, and each
+    // echo is read only once the reactor has handed all of it to the kernel.
+    let mut lights: Vec<TcpStream> = (0..LIGHT).map(|_| connect(addr)).collect();
+    drive_until(&mut reactor, "the light clients' connections", |r| {
+        r.stats().accepted == 1 + LIGHT as u64
+    });
+    let ids: Vec<ConnId> = lights
+        .iter()
+        .map(|light| {
+            let local = light.local_addr().expect("light client address");
+            reactor.handler().log.ids[&local]
+        })
+        .collect();
 
-    let started = Instant::now();
-    let plans = vec![
-        Plan {
-            total: MESSAGE * ROUNDS,
-            message: MESSAGE,
-            half_close: false,
-        };
-        LIGHT
-    ];
-    let outcomes = run_echo_clients(server.addr, &plans);
-    let light_time = started.elapsed();
-    let flood_during = flood.received() - flood_before;
-    let flood_running = !flood.thread.is_finished();
-
-    for (i, outcome) in outcomes.iter().enumerate() {
-        assert!(
-            outcome.is_exact(MESSAGE * ROUNDS),
-            "light client {i}: {outcome:?}"
+    let chunk = pattern_bytes(0xF100D, 64 * 1024);
+    let mut flood_sent = 0;
+    for round in 0..ROUNDS {
+        flood_sent += top_up(&mut flood, &chunk);
+        for (i, light) in lights.iter_mut().enumerate() {
+            light
+                .write_all(&light_message(i, round, MESSAGE))
+                .expect("a light client's message");
+        }
+        let want = ((round + 1) * MESSAGE) as u64;
+        drive_until(
+            &mut reactor,
+            "every light message of the round delivered and echoed",
+            |r| {
+                let log = &r.handler().log;
+                r.stats().queued_output == 0
+                    && ids
+                        .iter()
+                        .all(|id| log.light_total.get(id).copied().unwrap_or(0) == want)
+            },
         );
+        for (i, light) in lights.iter_mut().enumerate() {
+            let mut back = [0u8; MESSAGE];
+            light
+                .read_exact(&mut back)
+                .unwrap_or_else(|e| panic!("light client {i}, round {round}: echo: {e}"));
+            assert!(
+                back[..] == light_message(i, round, MESSAGE)[..],
+                "light client {i}, round {round}: the echo differs from the message"
+            );
+        }
     }
-    assert!(
-        flood_running,
-        "the flood ended before the light clients finished"
-    );
-    assert!(
-        flood_during > 0,
-        "the flood made no progress while the light clients ran"
-    );
 
-    let outcome = flood.finish();
-    assert!(!outcome.timed_out, "the flood ran into the deadline");
-    assert_eq!(outcome.error, None, "flood: {outcome:?}");
-    assert_eq!(outcome.first_mismatch, None, "flood: {outcome:?}");
-    assert!(outcome.received <= outcome.sent, "flood: {outcome:?}");
-    eprintln!(
-        "{LIGHT} light clients x {ROUNDS} round trips: {light_time:?}; \
-         the flood got {flood_during} bytes of echo meanwhile ({} in all)",
-        outcome.received
+    let log = &reactor.handler().log;
+    let over_budget: Vec<(u64, u64)> = log
+        .flood_by_turn
+        .iter()
+        .filter(|&(_, &n)| n > BUDGET)
+        .map(|(&turn, &n)| (turn, n))
+        .collect();
+    assert!(
+        over_budget.is_empty(),
+        "the flood got more than its budget of {BUDGET} bytes (reads_per_turn \
+         {READS_PER_TURN} x read_chunk {READ_CHUNK}) in these turns (turn, bytes): {over_budget:?}"
     );
-    let stats = server.stats();
-    assert_eq!(stats.accepted, 1 + LIGHT as u64, "{stats:?}");
+    let light_turns = log.light_by_turn.len();
+    let shared_turns = log
+        .light_by_turn
+        .keys()
+        .filter(|turn| log.flood_by_turn.get(turn) == Some(&BUDGET))
+        .count();
+    let flood_got: u64 = log.flood_by_turn.values().sum();
+    eprintln!(
+        "{LIGHT} light clients x {ROUNDS} rounds served in {light_turns} turns, {shared_turns} \
+         of them with the flood's whole budget; the flood got {flood_got} of the {flood_sent} \
+         bytes it sent in {} turns",
+        log.flood_by_turn.len()
+    );
+    assert!(
+        shared_turns >= 1,
+        "light messages were served only in turns in which the flood's bytes had run out \
+         ({light_turns} turns served them): the flood was served first"
+    );
+    assert!(flood_got <= flood_sent);
+    assert_eq!(reactor.stats().accepted, 1 + LIGHT as u64);
 }
 
 const TINY_HIGH_WATER: usize = 13;

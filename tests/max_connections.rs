@@ -43,14 +43,14 @@ fn wait_within_limit(
     })
 }
 
-/// Lets the reactor run [`TURNS_TO_SETTLE`] more turns and returns its
-/// counters then, checking the limit all along.
+/// Makes the reactor run [`TURNS_TO_SETTLE`] more turns (waking it: at the
+/// limit, with every held client quiet, it has nothing to do) and returns
+/// its counters then, checking the limit.
 #[track_caller]
 fn settle(server: &Server<Echo>) -> Stats {
-    let turns = server.stats().turns;
-    wait_within_limit(server, "the reactor to run a few more turns", |s| {
-        s.turns >= turns + TURNS_TO_SETTLE
-    })
+    let stats = server.run_turns(TURNS_TO_SETTLE);
+    within_limit(&stats);
+    stats
 }
 
 /// Whether an echo (or anything) has arrived on `stream`, without waiting.

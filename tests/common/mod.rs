@@ -11,15 +11,13 @@ pub mod example;
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream as StdStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use tcp_reactor::{Config, Handler, Reactor, Stats, StatsReader};
+use tcp_reactor::{Config, Handle, Handler, Reactor, Stats, StatsReader};
 
 /// The longest any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -119,39 +117,42 @@ impl<T: Debug> Reports<T> {
     }
 }
 
-/// A reactor running on its own thread, stopped and joined on drop.
+/// A reactor in [`Reactor::run`] on its own thread, as a program runs it:
+/// between events it sleeps in `epoll_wait` with no timeout, so a wake-up
+/// the reactor fails to arrange for itself (a timer, the end of an accept
+/// pause) shows as a wait that never ends. Stopped through its
+/// [`Handle`] (`stop_now`: every connection still open closes, its
+/// `on_close` running with `CloseReason::Stopped`) and joined on drop.
 pub struct Server<H: Handler> {
     pub addr: SocketAddr,
     pub stats: StatsReader,
-    stop: Arc<AtomicBool>,
+    /// The reactor's handle: stops it, and [`Server::wake`] wakes it.
+    pub handle: Handle<H::Message>,
     thread: Option<JoinHandle<Reactor<H>>>,
 }
 
-/// Binds a reactor on `127.0.0.1:0` and runs it on a new thread.
+/// Binds a reactor on `127.0.0.1:0` and runs it (`Reactor::run`) on a new
+/// thread.
 pub fn start<H>(config: Config, handler: H) -> Server<H>
 where
     H: Handler + Send + 'static,
     H::Conn: Send + 'static,
+    H::Message: Send,
 {
     let mut reactor = Reactor::bind(any_local_address(), config, handler).expect("bind on port 0");
     let addr = reactor.local_addr();
     let stats = reactor.stats_reader();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_flag = Arc::clone(&stop);
+    let handle = reactor.handle();
     let thread = std::thread::spawn(move || {
-        // A short timeout so the stop flag is seen; the reactor itself
-        // needs no timeout to make progress.
-        while !stop_flag.load(Ordering::Relaxed) && !reactor.is_stopped() {
-            reactor
-                .run_once(Some(Duration::from_millis(5)))
-                .expect("run_once must not fail for anything a peer does");
-        }
+        reactor
+            .run()
+            .expect("run must not fail for anything a peer does");
         reactor
     });
     Server {
         addr,
         stats,
-        stop,
+        handle,
         thread: Some(thread),
     }
 }
@@ -179,23 +180,97 @@ impl<H: Handler> Server<H> {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops the loop and hands the reactor back for inspection.
+    /// Stops the reactor at once (`Handle::stop_now`: connections still
+    /// open close as `Stopped`), waits (at most [`DEADLINE`]) for `run` to
+    /// return, and hands the reactor back for inspection.
+    #[track_caller]
     pub fn stop(mut self) -> Reactor<H> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.handle.stop_now();
         let thread = self.thread.take().expect("server thread");
+        wait_until("the reactor to stop", || thread.is_finished());
         thread.join().expect("reactor thread panicked")
     }
 }
 
-impl<H: Handler> Drop for Server<H> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let joined = thread.join();
-            if !std::thread::panicking() {
-                joined.expect("reactor thread panicked");
+impl<H: Handler> Server<H>
+where
+    H::Message: Default,
+{
+    /// Wakes the reactor for one turn: a message of the handler's
+    /// `Default`, which the handler must ignore (`Echo` and handlers with
+    /// `Message = ()` and no `on_message` do). Wake-ups queued while the
+    /// loop is busy make one turn between them.
+    #[track_caller]
+    pub fn wake(&self) {
+        self.handle
+            .send_message(H::Message::default())
+            .expect("wake the reactor: it has stopped");
+    }
+
+    /// As [`Server::wait_stats`], waking the reactor (see [`Server::wake`])
+    /// while the condition does not hold, for conditions that need turns
+    /// with nothing to do: the reactor would otherwise sleep through them.
+    #[track_caller]
+    pub fn wait_stats_waking(
+        &self,
+        what: &str,
+        mut condition: impl FnMut(&Stats) -> bool,
+    ) -> Stats {
+        let mut last = self.stats();
+        wait_until(what, || {
+            last = self.stats();
+            let done = condition(&last);
+            if !done {
+                self.wake();
             }
+            done
+        });
+        last
+    }
+
+    /// Makes the reactor run `n` whole turns that all begin after this call
+    /// (woken, see [`Server::wake`]; anything else pending is served in
+    /// them too), and returns the counters published after the last.
+    ///
+    /// A snapshot is published before each wait, so one seen now may be a
+    /// turn or more behind a turn already under way; a snapshot that
+    /// differs from it was published after this call, and every turn after
+    /// that one begins later still.
+    #[track_caller]
+    pub fn run_turns(&self, n: u64) -> Stats {
+        let seen = self.stats().turns;
+        let base = self
+            .wait_stats_waking("a turn after the call", |s| s.turns > seen)
+            .turns;
+        self.wait_stats_waking("the turns asked for", |s| s.turns >= base + n)
+    }
+}
+
+impl<H: Handler> Drop for Server<H> {
+    /// Stops the reactor at once and joins its thread, within [`DEADLINE`]:
+    /// a reactor that will not stop fails the test rather than hang it (or,
+    /// while a failed test unwinds, is left behind: a panic then would
+    /// abort the whole binary).
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.handle.stop_now();
+        let deadline = Instant::now() + DEADLINE;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
+        if std::thread::panicking() {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+            return;
+        }
+        assert!(
+            thread.is_finished(),
+            "the reactor did not stop within {DEADLINE:?} of stop_now"
+        );
+        thread.join().expect("reactor thread panicked");
     }
 }
 
