@@ -207,8 +207,7 @@ impl<H: Handler> Reactor<H> {
         let timeout = core.poll_timeout(timeout);
         // Before a wait with no end, the snapshot must go out: readers
         // would otherwise see a stale one for as long as the loop sleeps.
-        core.stats_reader
-            .publish(&core.table.stats, timeout.is_none());
+        core.stats_reader.publish(&core.table.stats, timeout);
         if core.wait_for_events(&mut self.events, timeout)? {
             core.serve_turn(&self.events);
         }

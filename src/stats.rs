@@ -1,6 +1,7 @@
 //! Counters the reactor keeps, and a reader for other threads.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A snapshot of the reactor's counters.
 ///
@@ -57,8 +58,9 @@ pub struct Stats {
 /// waits for events, so what a reader sees is at most one turn old and
 /// always consistent with itself. Publishing does not wait for readers: if
 /// a reader holds the lock at that moment, that turn's snapshot is skipped;
-/// except the snapshot before a wait with no timeout, which waits for the
-/// reader's copy to end, so an idle loop never leaves a stale one behind.
+/// except the snapshot before a wait with no timeout, or one of a
+/// millisecond or more, which waits for the reader's copy to end, so a
+/// loop that sleeps never leaves a stale one behind.
 /// While no reader exists nothing is published (it would cost every turn
 /// for nobody); [`Reactor::stats_reader`](crate::Reactor::stats_reader)
 /// hands out a reader holding the counters as they are.
@@ -76,13 +78,17 @@ impl StatsReader {
         }
     }
 
-    /// Publishes `stats`. With `must`, waits for a reader holding the lock
-    /// (it only copies a snapshot); otherwise skips this snapshot rather
-    /// than wait. Costs one load while nobody holds a reader: the reactor's
-    /// own copy is then the only one, and nobody could see the snapshot.
+    /// Publishes `stats` before a wait of `wait` (`None`: no limit). Before
+    /// a wait of a millisecond or more it waits for a reader holding the
+    /// lock (it only copies a snapshot): the snapshot might otherwise stay
+    /// stale for the whole wait. Before a shorter one it skips this
+    /// snapshot rather than wait. Costs one load while nobody holds a
+    /// reader: the reactor's own copy is then the only one, and nobody
+    /// could see the snapshot.
     #[inline]
-    pub(crate) fn publish(&self, stats: &Stats, must: bool) {
+    pub(crate) fn publish(&self, stats: &Stats, wait: Option<Duration>) {
         if Arc::strong_count(&self.shared) > 1 {
+            let must = wait.is_none_or(|wait| wait >= Duration::from_millis(1));
             self.publish_to_readers(stats, must);
         }
     }

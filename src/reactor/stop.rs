@@ -86,7 +86,7 @@ impl<H: Handler> Core<H> {
         self.drain_deadline = None;
         self.table.timers.clear();
         self.handle.close();
-        self.stats_reader.publish(&self.table.stats, true);
+        self.stats_reader.publish(&self.table.stats, None);
         if let Some(report) = self.table.stop_report {
             log::debug!("stopped: {report}");
         }
