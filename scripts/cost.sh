@@ -35,6 +35,9 @@
 #   outputs there
 set -euo pipefail
 
+# ECHO_REACTOR_ARGS: extra flags for echo_reactor, e.g. "--idle-timeout 0"
+# (its default idle timeout arms a timer per connection, which makes every
+# turn read the clock).
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-3}
 IDLE_CONNS=${IDLE_CONNS:-10000}

@@ -77,13 +77,17 @@ wait_for() {
 
 vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-# Starts the server EXE on CPU 0 (`--addr 127.0.0.1:0`) with output files
+# Starts the server EXE on CPU 0 (`--addr 127.0.0.1:0`, and for
+# echo_reactor the words of ECHO_REACTOR_ARGS) with output files
 # PREFIX.out/.err, under the WRAPPER command if one is given (valgrind);
 # sets SERVER_PID and SERVER_ADDR once it prints its address.
 start_server() {
-    local exe=$1 prefix=$2
+    local exe=$1 prefix=$2 extra=()
     shift 2
-    taskset -c 0 "$@" "$exe" --addr 127.0.0.1:0 >"$prefix.out" 2>"$prefix.err" &
+    if [[ $(basename "$exe") == echo_reactor ]]; then
+        read -ra extra <<<"${ECHO_REACTOR_ARGS:-}"
+    fi
+    taskset -c 0 "$@" "$exe" --addr 127.0.0.1:0 "${extra[@]}" >"$prefix.out" 2>"$prefix.err" &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     wait_for '^listening on ' "$prefix.out" 60 ||

@@ -136,7 +136,8 @@ impl<M> Handle<M> {
     ///
     /// Async-signal-safe: it takes no lock and allocates nothing (an atomic
     /// update and a `write(2)` to the loop's eventfd), so a signal handler
-    /// may call it; `echo_reactor` stops on SIGTERM this way.
+    /// may call it (`Reactor::stop_on_signals` needs none: its handler only
+    /// writes to a socket pair the loop polls).
     pub fn stop(&self) {
         self.request_stop(StopRequest::Graceful);
     }

@@ -95,8 +95,7 @@
 //!   ([`Context::resume_read`], or the end of backpressure); what the kernel
 //!   did not take is queued and flushed; a graceful close
 //!   ([`Context::close`], and the default [`Handler::on_eof`]) flushes
-//!   before its FIN and frees the slot once the peer's FIN is seen (or
-//!   [`Config::close_timeout`] passes). A stream cut short (by
+//!   before its FIN (see *Closing* below). A stream cut short (by
 //!   [`Context::abort`], a limit, a timeout, or a stop past its drain
 //!   deadline) ends with a reset, never with a FIN that would pass it off
 //!   as complete.
@@ -120,12 +119,43 @@
 //!   nearest is looked at. The idle timeout ([`Config::idle_timeout`])
 //!   costs traffic one store per read or write: a connection's single
 //!   pending check looks at its activity stamp when it comes due.
-//! - **Stopping loses nothing accepted.** A graceful stop ([`Context::stop`],
-//!   [`Handle::stop`]) closes the listener and lets every connection flush
-//!   what was handed to `send` and exchange FINs, for up to
-//!   [`Config::drain_timeout`]; only then are stragglers cut with a reset.
-//!   `run` returns a [`StopReport`]: drained, forced, failed, bytes unsent.
+//! - **Stopping loses nothing accepted, and waits for no one idle.** A
+//!   graceful stop ([`Context::stop`], [`Handle::stop`], or a signal after
+//!   `Reactor::stop_on_signals`) closes the listener and closes every
+//!   connection gracefully: each flushes what was handed to `send`, and
+//!   those with nothing in flight close at once, so a stop among idle peers
+//!   ends in the turn it begins. Stragglers are cut with a reset at
+//!   [`Config::drain_timeout`]. `run` returns a [`StopReport`] that tells
+//!   the truth: drained, forced (cut with a reset, by the deadline or by a
+//!   stop at once over output or unread input), failed, bytes unsent.
 //!   [`Context::stop_now`] and [`Handle::stop_now`] skip the drain.
+//! - **Silent peers cannot hold slots for ever, with the defaults.** TCP
+//!   keepalive ([`Config::keepalive`], on) finds peers that vanished; an
+//!   idle timeout ([`Config::idle_timeout`], off in the library, 300 s in
+//!   `echo_reactor`) closes live ones that say nothing. Without one, a
+//!   peer can take every slot and keep it.
+//!
+//! # Closing
+//!
+//! A graceful close stops taking input, flushes the queued output, sends
+//! FIN, and then frees the slot as soon as closing cannot make the kernel
+//! reset the connection (the rule of nginx's `lingering_close auto`):
+//!
+//! - the peer's FIN has been seen: done;
+//! - the peer is quiet (nothing arrived since the close began, nothing
+//!   waiting to be read): done at once. A server that answers and closes,
+//!   as the tutorial's does, holds no descriptor for a polite but silent
+//!   client;
+//! - the peer is still sending: the reactor lingers, reading and
+//!   discarding, until its FIN or until it has been silent for
+//!   [`Config::linger_timeout`] (2 s). Closing while its bytes still
+//!   arrive would make our kernel answer them with a reset, which can
+//!   destroy output it has not read yet.
+//!
+//! All of it within [`Config::close_timeout`] (30 s), past which the close
+//! is cut with a reset. The reason [`Handler::on_close`] gets is that of
+//! whoever closed first: the peer ([`CloseReason::PeerClosed`]), the
+//! handler ([`CloseReason::Local`]), or a stop ([`CloseReason::Stopped`]).
 //!
 //! # Layout
 //!
@@ -137,6 +167,7 @@
 //! | `reactor/read` | serving a connection's input: reads, leftovers, EOF |
 //! | `reactor/accept` | accepting: budgets, limits, the pause after `EMFILE` |
 //! | `reactor/stop` | stopping: the graceful drain, `stop_now`, the report |
+//! | `reactor/signals` | `Reactor::stop_on_signals` (feature `signals`) |
 //! | `table` | the slab of connections; send, flush, close |
 //! | `conn` | one connection's state and buffers |
 //! | `handler` | [`Handler`] and [`CloseReason`] |
@@ -147,6 +178,17 @@
 //! | `id` | [`ConnId`] and the tokens it travels in |
 //! | `stats` | [`Stats`] and [`StatsReader`] |
 //! | `echo` | [`Echo`], the echo handler |
+//! | `error` | [`Error`], the one error type |
+//! | `os_limits` | the open-file limit and `somaxconn`, from `/proc` |
+//! | `platform` | refuses targets whose mio back-end cannot serve it |
+//!
+//! # Features and platforms
+//!
+//! `signals` (off by default) adds `Reactor::stop_on_signals`, through
+//! `signal-hook`. The reactor runs where mio uses epoll or kqueue: Linux,
+//! Android, illumos, macOS and Apple's other systems, FreeBSD, NetBSD,
+//! OpenBSD and DragonFly BSD (tested on Linux). Other targets (mio's poll(2)
+//! and event-port back-ends, Windows) are refused at compile time.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]

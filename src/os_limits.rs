@@ -2,8 +2,8 @@
 //! the kernel's cap on listen backlogs.
 //!
 //! Both are read from `/proc` rather than through `getrlimit(2)` so the crate
-//! needs no `unsafe` and no `libc`; elsewhere than Linux they are unknown and
-//! the callers fall back to conservative values.
+//! needs no `unsafe` (libc's `getrlimit` takes a pointer); elsewhere than
+//! Linux they are unknown and the callers fall back to conservative values.
 
 use std::fs;
 

@@ -193,8 +193,8 @@ impl<H: Handler> Reactor<H> {
     ///
     /// A signal delivered to this thread while it waits (`EINTR`) ends the
     /// turn early with nothing done, so a program driving the loop can act
-    /// on what its signal handlers recorded (`echo_reactor` stops this way
-    /// without a signal thread). [`run`](Self::run) just waits again.
+    /// on what its signal handlers recorded, without a signal thread.
+    /// [`run`](Self::run) just waits again.
     ///
     /// # Errors
     ///
@@ -205,8 +205,8 @@ impl<H: Handler> Reactor<H> {
             return Ok(());
         }
         let timeout = core.poll_timeout(timeout);
-        // Before a wait with no end, the snapshot must go out: readers
-        // would otherwise see a stale one for as long as the loop sleeps.
+        // Before a long wait the snapshot must go out: readers would
+        // otherwise see a stale one for as long as the loop sleeps.
         core.stats_reader.publish(&core.table.stats, timeout);
         if core.wait_for_events(&mut self.events, timeout)? {
             core.serve_turn(&self.events);
@@ -471,8 +471,8 @@ impl<H: Handler> Core<H> {
         self.commands = commands;
     }
 
-    /// Step 5: fire what is due: the handler's timers, idle checks, close
-    /// deadlines. Timers set meanwhile wait for the next turn.
+    /// Step 6: fire what is due: the handler's timers, idle checks, close
+    /// checks. Timers set meanwhile wait for the next turn.
     fn fire_timers(&mut self) {
         let now = self.table.clock.now;
         if !self.table.timers.any_due(now) {
@@ -494,7 +494,7 @@ impl<H: Handler> Core<H> {
         self.table.sweep_timers();
     }
 
-    /// Step 6: free the slots of connections closed this turn and hand each
+    /// Step 7: free the slots of connections closed this turn and hand each
     /// handler state back through `on_close`. Runs after the whole batch, so
     /// no event of it reached a slot's next tenant.
     fn finish_closes(&mut self) {
