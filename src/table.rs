@@ -453,16 +453,14 @@ impl ConnTable {
         let linger = self.limits.linger_timeout;
         let mut next = deadline_after(now, linger);
         if conn.has(flag::WRITE_SHUT) {
-            let linger_ms = u32::try_from(linger.as_millis()).unwrap_or(u32::MAX);
-            let quiet_ms = self.clock.now_ms.wrapping_sub(conn.last_active);
-            if quiet_ms > linger_ms {
-                self.finish_if_peer_quiet(id);
-                if self.get(id).is_none() {
-                    return;
+            match self.quiet_time_left(conn, linger) {
+                None => {
+                    self.finish_if_peer_quiet(id);
+                    if self.get(id).is_none() {
+                        return;
+                    }
                 }
-            } else {
-                let left = Duration::from_millis(u64::from(linger_ms - quiet_ms) + 1);
-                next = deadline_after(now, left);
+                Some(left) => next = deadline_after(now, left),
             }
         }
         self.timers
@@ -574,11 +572,6 @@ impl ConnTable {
         }
     }
 
-    /// The drain deadline came: cut the connection if it is still open.
-    pub(crate) fn cut_for_stop(&mut self, id: ConnId) {
-        self.drop_connection(id, CloseReason::Stopped);
-    }
-
     /// An idle check came due: close the connection if no read or write
     /// has moved bytes for the idle timeout, else check again when it
     /// would have been quiet that long.
@@ -586,17 +579,24 @@ impl ConnTable {
         let (Some(idle), Some(conn)) = (self.limits.idle_timeout, self.get(id)) else {
             return;
         };
-        let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
-        // Stamps are whole milliseconds: "more than idle_ms" is never early.
-        let quiet_ms = self.clock.now_ms.wrapping_sub(conn.last_active);
-        if quiet_ms > idle_ms {
-            let cut = conn.queued_output() > 0;
-            self.time_out(id, cut);
-        } else {
-            let left = Duration::from_millis(u64::from(idle_ms - quiet_ms) + 1);
-            self.timers
-                .schedule(deadline_after(self.clock.now, left), Target::Idle(id));
+        match self.quiet_time_left(conn, idle) {
+            None => {
+                let cut = conn.queued_output() > 0;
+                self.time_out(id, cut);
+            }
+            Some(left) => self
+                .timers
+                .schedule(deadline_after(self.clock.now, left), Target::Idle(id)),
         }
+    }
+
+    /// How long until no read or write will have moved bytes on `conn` for
+    /// `limit`, by its activity stamp; `None` once that is so.
+    fn quiet_time_left(&self, conn: &Conn, limit: Duration) -> Option<Duration> {
+        let limit_ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+        // Stamps are whole milliseconds: "more than limit_ms" is never early.
+        let quiet_ms = self.clock.now_ms.wrapping_sub(conn.last_active);
+        (quiet_ms <= limit_ms).then(|| Duration::from_millis(u64::from(limit_ms - quiet_ms) + 1))
     }
 
     /// Ends a connection whose time ran out: with a reset if `cut` (output

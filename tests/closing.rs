@@ -93,6 +93,27 @@ fn closing_at(reports: &mut Reports<Seen>, id: ConnId) -> Instant {
     })
 }
 
+/// Reads of 5 bytes and a close timeout no test waits for: `close` is
+/// read alone, so the dots sent with it (see [`close_while_sending`]) are
+/// still waiting when the close begins.
+fn lingering(linger: Duration) -> Config {
+    Config::default()
+        .read_chunk(5)
+        .linger_timeout(linger)
+        .close_timeout(NEVER)
+}
+
+/// Has the server close while this client is still sending: `close`, then
+/// dots it has not read yet. Returns when the close began, once our FIN
+/// has arrived.
+#[track_caller]
+fn close_while_sending(client: &mut TcpStream, id: ConnId, reports: &mut Reports<Seen>) -> Instant {
+    client.write_all(b"close.....").expect("write");
+    let began = closing_at(reports, id);
+    assert!(read_to_eof(client).expect("our FIN").is_empty());
+    began
+}
+
 #[track_caller]
 fn closed(reports: &mut Reports<Seen>, id: ConnId) -> (CloseReason, Instant) {
     reports.wait_for("on_close", |seen| match seen {
@@ -133,19 +154,11 @@ fn answer_and_close_frees_every_slot_while_polite_silent_clients_stay_connected(
 #[test]
 fn a_peer_still_sending_is_lingered_on_until_it_falls_silent() {
     const LINGER: Duration = Duration::from_millis(300);
-    // Reads of 5 bytes: `close` is read alone; the dots sent with it are
-    // still waiting when the close begins, so the peer is still sending.
-    let config = Config::default()
-        .read_chunk(5)
-        .linger_timeout(LINGER)
-        .close_timeout(NEVER);
     let (handler, mut reports) = Closer::new();
-    let server = start(config, handler);
+    let server = start(lingering(LINGER), handler);
     let mut client = connect(server.addr);
     let id = id_of(&mut reports, &client);
-    client.write_all(b"close.....").expect("write");
-    let began = closing_at(&mut reports, id);
-    assert!(read_to_eof(&mut client).expect("our FIN").is_empty());
+    let began = close_while_sending(&mut client, id, &mut reports);
 
     // The client sends nothing more and keeps its socket open: the close
     // ends once it has been silent for the linger timeout (its dots were
@@ -165,17 +178,11 @@ fn a_peer_still_sending_is_lingered_on_until_it_falls_silent() {
 fn a_lingering_close_ends_with_the_peer_s_fin() {
     // Lingering for 600 s unless the peer's FIN comes: only the FIN can
     // end this close within the test's deadline.
-    let config = Config::default()
-        .read_chunk(5)
-        .linger_timeout(NEVER)
-        .close_timeout(NEVER);
     let (handler, mut reports) = Closer::new();
-    let server = start(config, handler);
+    let server = start(lingering(NEVER), handler);
     let mut client = connect(server.addr);
     let id = id_of(&mut reports, &client);
-    client.write_all(b"close.....").expect("write");
-    closing_at(&mut reports, id);
-    assert!(read_to_eof(&mut client).expect("our FIN").is_empty());
+    close_while_sending(&mut client, id, &mut reports);
     // More bytes while the server lingers: read and ignored.
     client
         .write_all(b"late bytes")
@@ -231,20 +238,13 @@ fn stop_now_with_unread_input_is_forced_and_the_peer_sees_a_reset() {
 fn a_connection_closed_before_the_stop_keeps_its_reason_and_counts_as_drained() {
     // It lingers (its peer was still sending when it closed) when the stop
     // begins; its peer's FIN ends it.
-    let config = Config::default()
-        .read_chunk(5)
-        .linger_timeout(NEVER)
-        .close_timeout(NEVER)
-        .drain_timeout(NEVER);
     let (handler, mut reports) = Closer::new();
-    let server = start(config, handler);
+    let server = start(lingering(NEVER).drain_timeout(NEVER), handler);
     let mut closed_first = connect(server.addr);
     let first_id = id_of(&mut reports, &closed_first);
     let mut open = connect(server.addr);
     let open_id = id_of(&mut reports, &open);
-    closed_first.write_all(b"close.....").expect("write");
-    closing_at(&mut reports, first_id);
-    assert!(read_to_eof(&mut closed_first).expect("FIN").is_empty());
+    close_while_sending(&mut closed_first, first_id, &mut reports);
 
     server.handle.stop();
     // The open one is quiet: the stop closes it at once.

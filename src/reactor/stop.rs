@@ -3,7 +3,7 @@
 use crate::conn::flag;
 use crate::stop::StopRequest;
 use crate::timer::deadline_after;
-use crate::{ConnId, Handler};
+use crate::{CloseReason, ConnId, Handler};
 
 use super::Core;
 
@@ -26,7 +26,7 @@ impl<H: Handler> Core<H> {
             .is_some_and(|deadline| self.table.clock.read() >= deadline);
         if out_of_time {
             for id in self.open_connections() {
-                self.table.cut_for_stop(id);
+                self.table.drop_connection(id, CloseReason::Stopped);
             }
             self.finish_closes();
         }
