@@ -142,9 +142,13 @@ fn main() -> ExitCode {
     }
     let mut stdout = std::io::stdout().lock();
     // Scripts and tests wait for this exact line; flush it at once.
-    if writeln!(stdout, "listening on {}", reactor.local_addr())
-        .and_then(|()| stdout.flush())
-        .is_err()
+    if writeln!(
+        stdout,
+        "listening on {}",
+        reactor.local_addr().expect("a TCP listener")
+    )
+    .and_then(|()| stdout.flush())
+    .is_err()
     {
         return ExitCode::FAILURE;
     }

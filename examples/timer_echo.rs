@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tcp_reactor::{Config, ConnId, Context, Echo, Handler, Reactor, TimerId};
+use tcp_reactor::{Addr, Config, ConnId, Context, Echo, Handler, ListenerId, Reactor, TimerId};
 
 /// Echo, plus timers armed on request.
 struct TimerEcho {
@@ -32,19 +32,31 @@ impl Handler for TimerEcho {
     type Conn = ();
     type Message = Arm;
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        Echo.on_open(cx, id, peer);
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        Echo.on_open(cx, id, peer, _listener);
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        conn: &mut (),
+        data: &[u8],
+    ) -> usize {
         Echo.on_data(cx, id, conn, data)
     }
 
-    fn on_timer(&mut self, _cx: &mut Context<'_>, _timer: TimerId, _key: u64) {
+    fn on_timer(&mut self, _cx: &mut Context<'_, Self::Conn>, _timer: TimerId, _key: u64) {
         self.fired += 1;
     }
 
-    fn on_message(&mut self, cx: &mut Context<'_>, Arm(count): Arm) {
+    fn on_message(&mut self, cx: &mut Context<'_, Self::Conn>, Arm(count): Arm) {
         const HOURS: u64 = 2 * 3600;
         for i in 0..count as u64 {
             // Distinct deadlines two hours out and beyond: none fires while
@@ -98,9 +110,13 @@ fn main() -> ExitCode {
         }
     }
     let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "listening on {}", reactor.local_addr())
-        .and_then(|()| stdout.flush())
-        .is_err()
+    if writeln!(
+        stdout,
+        "listening on {}",
+        reactor.local_addr().expect("a TCP listener")
+    )
+    .and_then(|()| stdout.flush())
+    .is_err()
     {
         return ExitCode::FAILURE;
     }

@@ -128,6 +128,14 @@ pub struct Config {
     /// Default 5 s. Must be above zero
     /// ([`stop_now`](crate::Context::stop_now) is the stop without a drain).
     pub drain_timeout: Duration,
+    /// How long an outbound connection ([`Context::connect`](crate::Context::connect))
+    /// may take to be established before it fails with
+    /// [`ConnectError::TimedOut`](crate::ConnectError::TimedOut)
+    /// ([`Context::connect_within`](crate::Context::connect_within) sets
+    /// it per call). Default 10 s: a peer that answers takes a round trip,
+    /// and the kernel's own limit (about two minutes of SYN retries) is
+    /// longer than a caller wants to wait. At least 1 ms.
+    pub connect_timeout: Duration,
 }
 
 /// TCP keepalive settings ([`Config::keepalive`]): `SO_KEEPALIVE` with
@@ -200,6 +208,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(30),
             linger_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -216,9 +225,8 @@ fn default_max_connections() -> usize {
 /// that keeps wrapping differences unambiguous.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 3600);
 
-/// Slot indices must fit in the low 32 bits of a token, below the
-/// reactor's own tokens (see `id::FIRST_RESERVED_SLOT`).
-const MAX_SLOTS: usize = crate::id::FIRST_RESERVED_SLOT as usize;
+/// Connection slots must fit in their part of the token space (see `id`).
+const MAX_SLOTS: usize = crate::id::MAX_SLOTS;
 
 /// The kernel's bounds on keepalive settings (Linux `MAX_TCP_KEEPIDLE`,
 /// `MAX_TCP_KEEPINTVL`, `MAX_TCP_KEEPCNT`); it takes whole seconds.
@@ -278,12 +286,14 @@ setters! {
     linger_timeout: Duration,
     /// Sets [`Config::drain_timeout`](#structfield.drain_timeout).
     drain_timeout: Duration,
+    /// Sets [`Config::connect_timeout`](#structfield.connect_timeout).
+    connect_timeout: Duration,
 }
 
 impl Config {
     /// Checks the rules a config must keep, naming the first one broken.
     pub fn validate(&self) -> Result<(), Error> {
-        let rules: [(bool, &str); 16] = [
+        let rules: [(bool, &str); 17] = [
             (self.backlog >= 1, "backlog must be at least 1"),
             (
                 self.backlog <= i32::MAX as u32,
@@ -291,7 +301,7 @@ impl Config {
             ),
             (
                 (1..=MAX_SLOTS).contains(&self.max_connections),
-                "max_connections must be between 1 and 2^32 - 2",
+                "max_connections must be between 1 and 2^31 - 2",
             ),
             (self.read_chunk >= 1, "read_chunk must be at least 1 byte"),
             (
@@ -335,6 +345,10 @@ impl Config {
             (
                 !self.drain_timeout.is_zero(),
                 "drain_timeout must be above zero (stop_now is the stop without a drain)",
+            ),
+            (
+                self.connect_timeout >= Duration::from_millis(1),
+                "connect_timeout must be at least 1 ms",
             ),
             (
                 self.keepalive.is_none_or(|k| {
@@ -400,6 +414,10 @@ mod tests {
             (
                 Config::default().linger_timeout(Duration::ZERO),
                 "linger_timeout",
+            ),
+            (
+                Config::default().connect_timeout(Duration::ZERO),
+                "connect_timeout",
             ),
             (
                 Config::default().keepalive(Some(Keepalive::new(

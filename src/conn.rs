@@ -53,9 +53,13 @@ pub(crate) mod flag {
     /// sending, so the close lingers until it falls silent or sends its FIN
     /// (see `ConnTable::close`).
     pub(crate) const HEARD_WHILE_CLOSING: u16 = 1 << 14;
+    /// An outbound connection whose `connect` has not finished: output is
+    /// queued, nothing is read, and its first writable edge says whether it
+    /// is established.
+    pub(crate) const CONNECTING: u16 = 1 << 15;
 
     /// Any of these stops reads.
-    pub(crate) const NO_READ: u16 = READ_CLOSED | USER_PAUSED | BACKPRESSURED | DEAD;
+    pub(crate) const NO_READ: u16 = READ_CLOSED | USER_PAUSED | BACKPRESSURED | DEAD | CONNECTING;
     /// Any of these refuses new output.
     pub(crate) const NO_WRITE: u16 = SHUTDOWN_PENDING | WRITE_SHUT | CLOSING | DEAD;
 }

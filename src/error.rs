@@ -1,9 +1,8 @@
 //! The one error type of the public API.
 
 use std::io;
-use std::net::SocketAddr;
 
-use crate::ConnId;
+use crate::{Addr, ConnId};
 
 /// What can fail at the API surface.
 ///
@@ -22,8 +21,9 @@ pub enum Error {
     /// `bind(2)` failed, for example because the address is in use.
     #[error("bind {addr}: {source}")]
     Bind {
-        /// The address that would not bind.
-        addr: SocketAddr,
+        /// The address that would not bind (boxed: a Unix address is large,
+        /// and every `Result` of the API carries this type).
+        addr: Box<Addr>,
         /// The OS reason.
         #[source]
         source: io::Error,
@@ -36,7 +36,7 @@ pub enum Error {
         /// The failing operation, named after its syscall.
         op: &'static str,
         /// The address the listener was for.
-        addr: SocketAddr,
+        addr: Box<Addr>,
         /// The OS reason.
         #[source]
         source: io::Error,
@@ -61,6 +61,35 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// Registering with the poller failed: a listener, or one of the
+    /// program's sources ([`Context::register`](crate::Context::register)).
+    #[error("{op}: {source}")]
+    Register {
+        /// The failing operation.
+        op: &'static str,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An outbound connection could not even be started: no socket, or the
+    /// poller refused it (`EMFILE` and the like). Failures of the connect
+    /// itself (refused, timed out) reach the handler instead, as
+    /// [`CloseReason::ConnectFailed`](crate::CloseReason::ConnectFailed).
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Where it was to go.
+        addr: Box<Addr>,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The reactor holds [`Config::max_connections`](crate::Config::max_connections)
+    /// connections: no outbound one can be made until one closes.
+    #[error("at max_connections: no connection can be made until one closes")]
+    ConnectionLimit,
 
     /// The connection is closed (or closing) or the id never existed.
     #[error("connection {0} is closed or unknown")]

@@ -1,10 +1,12 @@
 //! What a program implements to serve connections: the `Handler` trait and
 //! the reasons a connection ends.
 
+use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 
-use crate::{ConnId, Context, TimerId};
+use mio::event::Event;
+
+use crate::{Addr, ConnId, ConnectError, Context, ListenerId, SourceId, TimerId};
 
 /// The protocol side of a server: the reactor owns sockets, buffers and
 /// limits; the handler decides what bytes mean and what to answer.
@@ -14,7 +16,7 @@ use crate::{ConnId, Context, TimerId};
 /// `abort`, errors) is deferred: `on_close` runs after the current callback
 /// returns, never inside another callback, and an id is never reused for
 /// another connection.
-pub trait Handler {
+pub trait Handler: Sized {
     /// Per-connection state the handler keeps, stored in the reactor's slab
     /// beside the socket. Use `()` when there is none.
     type Conn;
@@ -24,9 +26,26 @@ pub trait Handler {
     /// Use `()` when there is nothing to send.
     type Message: Send + 'static;
 
-    /// A connection was accepted. Return its state. The handler may `send`
-    /// a greeting, or `abort` to refuse it.
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) -> Self::Conn;
+    /// A connection was accepted from `listener`; `peer` is who connected
+    /// (a TCP address, or a Unix socket address, usually unnamed). Return
+    /// its state. The handler may `send` a greeting, or `abort` to refuse
+    /// it. (Outbound connections get their state from
+    /// [`Context::connect`] and hear [`on_connect`](Self::on_connect).)
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        listener: ListenerId,
+    ) -> Self::Conn;
+
+    /// An outbound connection ([`Context::connect`]) is established: what
+    /// was sent meanwhile is being flushed, and from now on it is a
+    /// connection like any other. One that fails instead goes to
+    /// [`on_close`](Self::on_close) with [`CloseReason::ConnectFailed`].
+    fn on_connect(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, conn: &mut Self::Conn) {
+        let _ = (cx, id, conn);
+    }
 
     /// Bytes arrived. `data` holds what the handler left unconsumed last
     /// time followed by the new bytes. Return how many bytes were consumed
@@ -37,7 +56,7 @@ pub trait Handler {
     /// pipelined request gets it back on `resume_read`).
     fn on_data(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, Self::Conn>,
         id: ConnId,
         conn: &mut Self::Conn,
         data: &[u8],
@@ -48,14 +67,17 @@ pub trait Handler {
     /// that still has things to say can send them first, or keep the
     /// connection half-open and close later. Input it left unconsumed (an
     /// unfinished frame) is dropped when the connection closes.
-    fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
+    fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, conn: &mut Self::Conn) {
         let _ = conn;
         cx.close(id);
     }
 
-    /// Queued output, having reached the write high water mark, fell to the
-    /// low water mark: reading has resumed and the handler may produce more.
-    fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut Self::Conn) {
+    /// Reading had stopped for the connection's output (queued output
+    /// reached the write high water mark, or the handler left input
+    /// unconsumed while output was queued) and the output has fallen to the
+    /// low water mark: reading has resumed, unconsumed input is offered
+    /// again, and the handler may produce more.
+    fn on_drain(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, conn: &mut Self::Conn) {
         let _ = (cx, id, conn);
     }
 
@@ -63,13 +85,20 @@ pub trait Handler {
     /// is due; `key` is the number it was set with. Timers fire no earlier
     /// than their deadline, in deadline order (equal deadlines in the order
     /// they were set), after the turn's I/O.
-    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId, key: u64) {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self::Conn>, timer: TimerId, key: u64) {
         let _ = (cx, timer, key);
+    }
+
+    /// One of the program's own sources ([`Context::register`]) is ready.
+    /// Sources are edge-triggered: read (or write) until `WouldBlock`, or
+    /// this will not be called again for what is left.
+    fn on_source(&mut self, cx: &mut Context<'_, Self::Conn>, source: SourceId, event: &Event) {
+        let _ = (cx, source, event);
     }
 
     /// A message from another thread, sent with
     /// [`Handle::send_message`](crate::Handle::send_message).
-    fn on_message(&mut self, cx: &mut Context<'_>, message: Self::Message) {
+    fn on_message(&mut self, cx: &mut Context<'_, Self::Conn>, message: Self::Message) {
         let _ = (cx, message);
     }
 
@@ -77,7 +106,7 @@ pub trait Handler {
     /// connection whose `on_open` ran.
     fn on_close(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, Self::Conn>,
         id: ConnId,
         conn: Self::Conn,
         reason: CloseReason,
@@ -119,6 +148,26 @@ pub enum CloseReason {
     /// exchanged) or was cut at the drain deadline or by `stop_now`; the
     /// [`StopReport`](crate::StopReport) counts which.
     Stopped,
+    /// An outbound connection ([`Context::connect`]) was never
+    /// established; output sent to it meanwhile is dropped.
+    ConnectFailed(ConnectError),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("closed by the peer"),
+            CloseReason::Local => f.write_str("closed"),
+            CloseReason::Aborted => f.write_str("aborted"),
+            CloseReason::Reset => f.write_str("reset by the peer"),
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::InputLimit => f.write_str("input limit passed"),
+            CloseReason::OutputLimit => f.write_str("output limit passed"),
+            CloseReason::TimedOut => f.write_str("timed out"),
+            CloseReason::Stopped => f.write_str("the reactor stopped"),
+            CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+        }
+    }
 }
 
 impl CloseReason {

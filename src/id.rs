@@ -1,11 +1,28 @@
-//! Connection ids and the `mio::Token`s they travel in.
+//! Ids and the `mio::Token`s they travel in.
 //!
-//! A token is `(generation << 32) | slab index`. `slab` hands out the most
-//! recently freed index first, so an event still queued for a closed
-//! connection could otherwise reach the new one in that slot
-//! (tokio-rs/mio#172, #219); the generation tells them apart.
+//! Every token is `(generation << 32) | slot`, and the slot says what kind
+//! of source it is:
+//!
+//! | slot | what |
+//! | --- | --- |
+//! | `0 ..= 2^31 - 1` | a connection: its index in the connection slab |
+//! | `2^31 ..= u32::MAX - 2` | an endpoint (a listener, or a program's own source): `slot - 2^31` indexes the endpoint slab |
+//! | `u32::MAX - 1` | the signal pipe (`Reactor::stop_on_signals`) |
+//! | `u32::MAX` | the [`Handle`](crate::Handle)'s waker |
+//!
+//! So a connection's event is told from the rest with one bit test, and
+//! there is room for any number of each kind.
+//!
+//! `slab` hands out the most recently freed index first, so an event still
+//! queued for a closed connection, or an id a program kept, could otherwise
+//! reach the next tenant of its slot (tokio-rs/mio#172, #219); the
+//! generation tells them apart. Generations come from one counter for the
+//! whole process (each reactor takes them in blocks), so an id of one
+//! reactor never names a live connection of another: a multi-reactor
+//! program can mix ids in one map or log.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mio::Token;
 
@@ -14,38 +31,95 @@ compile_error!(
     "tcp-reactor packs a 32-bit generation and a 32-bit slot into a token: it needs a 64-bit target"
 );
 
-/// Slot indices from this one up are never a connection's
-/// (`Config::max_connections` is capped at it): with generation `u32::MAX`
-/// their tokens are the reactor's own sources, below.
-pub(crate) const FIRST_RESERVED_SLOT: u32 = u32::MAX - 2;
+/// The slot bit that marks an endpoint rather than a connection.
+const ENDPOINT_BIT: u64 = 1 << 31;
 
-/// The token of the listening socket.
-pub(crate) const LISTENER: Token = Token(usize::MAX);
+/// Connection slots are below this (`Config::max_connections` is capped at
+/// it); endpoint slots are below it too, once `ENDPOINT_BIT` is cleared,
+/// which leaves the two highest slots to the tokens below.
+pub(crate) const MAX_SLOTS: usize = (1 << 31) - 2;
 
 /// The token of the [`Handle`](crate::Handle)'s waker.
-pub(crate) const WAKER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(u32::MAX as usize);
 
-/// The token of the pipe signal handlers write to (`Reactor::stop_on_signals`).
-/// The lowest reserved token: every token below it is a connection's.
-pub(crate) const SIGNALS: Token = Token(usize::MAX - 2);
+/// The token of the socket pair signal handlers write to.
+pub(crate) const SIGNALS: Token = Token(u32::MAX as usize - 1);
+
+/// What a token names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenKind {
+    Conn(ConnId),
+    Endpoint(EndpointKey),
+    Waker,
+    Signals,
+}
+
+/// Reads a token: one bit test tells a connection's from the rest.
+#[inline(always)]
+pub(crate) fn token_kind(token: Token) -> TokenKind {
+    let raw = token.0 as u64;
+    if raw & ENDPOINT_BIT == 0 {
+        TokenKind::Conn(ConnId(raw))
+    } else if token == WAKER {
+        TokenKind::Waker
+    } else if token == SIGNALS {
+        TokenKind::Signals
+    } else {
+        TokenKind::Endpoint(EndpointKey(raw))
+    }
+}
+
+/// Hands out generations: from one process-wide counter, in blocks, so
+/// reactors on other threads rarely touch the shared cache line.
+#[derive(Debug, Default)]
+pub(crate) struct Generations {
+    next: u32,
+    end: u32,
+}
+
+/// The next block of generations for any reactor in the process.
+static NEXT_BLOCK: AtomicU32 = AtomicU32::new(1);
+
+/// Generations one reactor takes from the shared counter at a time.
+const BLOCK: u32 = 1024;
+
+impl Generations {
+    /// A generation no other id of this process has (until the 32-bit
+    /// counter wraps, after four billion connections).
+    #[inline]
+    pub(crate) fn take(&mut self) -> u32 {
+        if self.next == self.end {
+            let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+            self.next = block.wrapping_mul(BLOCK);
+            self.end = self.next.wrapping_add(BLOCK);
+        }
+        let generation = self.next;
+        self.next = self.next.wrapping_add(1);
+        generation
+    }
+
+    /// The generation `take` will return next, without taking it.
+    pub(crate) fn peek(&mut self) -> u32 {
+        let generation = self.take();
+        self.next = generation;
+        generation
+    }
+}
 
 /// Identifies one connection for its whole life, and never another one.
 ///
 /// Ids are cheap to copy and stay valid to pass around after the connection
 /// closes: every call with a closed connection's id is refused (or ignored)
-/// rather than reaching whatever connection later took its slot.
+/// rather than reaching whatever connection later took its slot. Ids are
+/// unique across every reactor of the process (up to four billion
+/// connections): an id handed to another reactor is refused there too.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
 impl ConnId {
     #[inline]
     pub(crate) fn new(index: usize, generation: u32) -> ConnId {
-        ConnId(((generation as u64) << 32) | index as u64)
-    }
-
-    #[inline]
-    pub(crate) fn from_token(token: Token) -> ConnId {
-        ConnId(token.0 as u64)
+        ConnId((u64::from(generation) << 32) | index as u64)
     }
 
     #[inline]
@@ -65,8 +139,8 @@ impl ConnId {
         (self.0 >> 32) as u32
     }
 
-    /// The id as one number, for logs and maps. Stable for the connection's
-    /// life; unique among connections of one reactor.
+    /// The id as one number, for logs and maps: stable for the
+    /// connection's life, unique in the process.
     #[inline]
     pub fn as_u64(self) -> u64 {
         self.0
@@ -85,6 +159,70 @@ impl fmt::Debug for ConnId {
     }
 }
 
+/// An endpoint's slot and generation, as its token carries them: the
+/// inside of a [`ListenerId`] or a [`SourceId`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct EndpointKey(u64);
+
+impl EndpointKey {
+    pub(crate) fn new(index: usize, generation: u32) -> EndpointKey {
+        EndpointKey((u64::from(generation) << 32) | ENDPOINT_BIT | index as u64)
+    }
+
+    pub(crate) fn token(self) -> Token {
+        Token(self.0 as usize)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        (self.0 & (ENDPOINT_BIT - 1)) as usize
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+impl fmt::Debug for EndpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EndpointKey({self})")
+    }
+}
+
+impl fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.index(), self.generation())
+    }
+}
+
+/// Identifies one listener of a reactor (see
+/// [`Context::listen`](crate::Context::listen)), and never another one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub(crate) EndpointKey);
+
+/// Identifies one of the program's own sources registered with
+/// [`Context::register`](crate::Context::register), and never another one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub(crate) EndpointKey);
+
+macro_rules! endpoint_id_fmt {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0)
+            }
+        }
+    };
+}
+
+endpoint_id_fmt!(ListenerId);
+endpoint_id_fmt!(SourceId);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,20 +230,37 @@ mod tests {
     #[test]
     fn token_round_trip_keeps_index_and_generation() {
         let id = ConnId::new(123_456, 0xdead_beef);
-        let back = ConnId::from_token(id.token());
-        assert_eq!(back.index(), 123_456);
-        assert_eq!(back.generation(), 0xdead_beef);
-        assert_ne!(id.token(), LISTENER);
+        let TokenKind::Conn(back) = token_kind(id.token()) else {
+            panic!("a connection's token read as another kind");
+        };
+        assert_eq!((back.index(), back.generation()), (123_456, 0xdead_beef));
     }
 
     #[test]
-    fn every_connection_token_is_below_the_reserved_ones() {
-        let last = ConnId::new(FIRST_RESERVED_SLOT as usize - 1, u32::MAX);
-        assert!(last.token() < SIGNALS && SIGNALS < WAKER && WAKER < LISTENER);
+    fn every_kind_of_token_reads_back_as_its_kind() {
+        let last_conn = ConnId::new(MAX_SLOTS - 1, u32::MAX);
+        assert_eq!(token_kind(last_conn.token()), TokenKind::Conn(last_conn));
+        let endpoint = EndpointKey::new(MAX_SLOTS - 1, u32::MAX);
+        assert_eq!(token_kind(endpoint.token()), TokenKind::Endpoint(endpoint));
+        assert_eq!(endpoint.index(), MAX_SLOTS - 1);
+        let first = EndpointKey::new(0, 0);
+        assert_eq!(token_kind(first.token()), TokenKind::Endpoint(first));
+        assert_eq!(token_kind(WAKER), TokenKind::Waker);
+        assert_eq!(token_kind(SIGNALS), TokenKind::Signals);
     }
 
     #[test]
     fn same_slot_other_generation_is_another_id() {
         assert_ne!(ConnId::new(7, 1), ConnId::new(7, 2));
+    }
+
+    #[test]
+    fn two_reactors_never_hand_out_the_same_generation() {
+        let (mut a, mut b) = (Generations::default(), Generations::default());
+        let from_a: Vec<u32> = (0..3000).map(|_| a.take()).collect();
+        let from_b: Vec<u32> = (0..3000).map(|_| b.take()).collect();
+        assert!(from_a.iter().all(|g| !from_b.contains(g)));
+        let next = a.peek();
+        assert_eq!(next, a.take());
     }
 }

@@ -14,14 +14,14 @@
 //! ```
 //! use std::io::{Read, Write};
 //! use std::net::{SocketAddr, TcpStream};
-//! use tcp_reactor::{Config, ConnId, Context, Handler, Reactor};
+//! use tcp_reactor::{Addr, Config, ConnId, Context, Handler, ListenerId, Reactor};
 //!
 //! struct Upper;
 //!
 //! impl Handler for Upper {
 //!     type Conn = ();
 //!     type Message = ();
-//!     fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+//!     fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: &Addr, _: ListenerId) {}
 //!     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
 //!         if data.starts_with(b"quit") {
 //!             cx.stop();
@@ -35,7 +35,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let addr: SocketAddr = "127.0.0.1:0".parse()?;
 //! let mut reactor = Reactor::bind(addr, Config::default(), Upper)?;
-//! let addr = reactor.local_addr(); // the port the kernel chose
+//! let addr = reactor.local_addr().expect("bound"); // the port the kernel chose
 //! let server = std::thread::spawn(move || reactor.run());
 //!
 //! let mut client = TcpStream::connect(addr)?;
@@ -193,10 +193,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+mod addr;
 mod config;
 mod conn;
+mod connect;
 mod context;
 mod echo;
+mod endpoint;
+mod engine;
 mod error;
 mod handle;
 mod handler;
@@ -210,13 +214,16 @@ mod stop;
 mod table;
 mod timer;
 
+pub use addr::Addr;
 pub use config::{Config, Keepalive};
+pub use connect::ConnectError;
 pub use context::Context;
 pub use echo::Echo;
 pub use error::Error;
 pub use handle::Handle;
 pub use handler::{CloseReason, Handler};
-pub use id::ConnId;
+pub use id::{ConnId, ListenerId, SourceId};
+pub use listener::ListenerOptions;
 pub use reactor::Reactor;
 pub use stats::{Stats, StatsReader};
 pub use stop::StopReport;

@@ -1,12 +1,11 @@
 //! The event loop: poll, dispatch, serve, accept, close; one turn at a time.
 
 mod accept;
+mod outbound;
 mod read;
 #[cfg(feature = "signals")]
 mod signals;
 mod stop;
-
-use accept::AcceptState;
 
 use std::io;
 use std::mem;
@@ -14,25 +13,30 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::event::Event;
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll};
+use mio::{Events, Poll};
 
 use crate::conn::flag;
+use crate::endpoint::Endpoint;
+use crate::engine::Engine;
 use crate::handle::Command;
-use crate::id::{LISTENER, SIGNALS, WAKER};
-use crate::stop::StopRequest;
-use crate::table::{ConnTable, live_mut};
-use crate::timer::{Due, Tick, earliest, time_until};
+use crate::id::{EndpointKey, TokenKind, token_kind};
+use crate::table::live_mut;
+use crate::timer::{Due, earliest, time_until};
 use crate::{
-    Config, ConnId, Context, Error, Handle, Handler, Stats, StatsReader, StopReport, listener,
+    Config, ConnId, Context, Error, Handle, Handler, ListenerOptions, SourceId, Stats, StatsReader,
+    StopReport,
 };
 
-/// A single-threaded reactor serving every connection of one listener.
+/// A single-threaded reactor: any number of listeners (TCP, Unix),
+/// outbound connections and the program's own sources, served by one loop.
 ///
-/// Build it with [`Reactor::bind`], then call [`run`](Reactor::run) (blocks
-/// until stopped) or drive it yourself with [`run_once`](Reactor::run_once).
-/// See the [crate documentation](crate) for one loop turn step by step and
-/// the guarantees the handler can rely on.
+/// Build it with [`Reactor::new`] and set it up through
+/// [`context`](Reactor::context) (listeners, connects, timers), or with
+/// [`Reactor::bind`] for the one-listener server; then call
+/// [`run`](Reactor::run) (blocks until stopped) or drive it yourself with
+/// [`run_once`](Reactor::run_once). See the [crate documentation](crate)
+/// for one loop turn step by step and the guarantees the handler can rely
+/// on.
 pub struct Reactor<H: Handler> {
     /// The `epoll_wait` output buffer, apart from the rest so a turn can
     /// iterate it while serving each event through `&mut Core`.
@@ -43,101 +47,111 @@ pub struct Reactor<H: Handler> {
 /// Everything a loop turn works on.
 struct Core<H: Handler> {
     handler: H,
-    /// Handler state per connection, indexed like the slab. Kept apart from
-    /// the slab so a callback can hold its own connection's state while its
-    /// `Context` reaches every connection's socket.
-    user: Vec<Option<H::Conn>>,
-    table: ConnTable,
-    poll: Poll,
-    /// `None` once stopped.
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
+    /// What callbacks reach through their `Context`: connections and their
+    /// states, endpoints, the poller, the config.
+    engine: Engine<H::Conn>,
     /// The one read buffer all connections share; handlers get slices of it.
     /// Exactly `Limits::read_limit` long, the most any read may take, so
     /// the common read takes all of it with no bounds check.
     scratch: Vec<u8>,
-    config: Config,
-    accept: AcceptState,
     stats_reader: StatsReader,
     handle: Handle<H::Message>,
     /// Commands taken from the handle, kept to reuse its capacity.
     commands: Vec<Command<H::Message>>,
-    /// The stop under way, if any (`Graceful` while draining).
-    stopping: StopRequest,
-    /// When a graceful stop cuts the connections still draining.
-    drain_deadline: Option<Tick>,
-    stopped: bool,
+    /// The listeners an accept step walks, kept to reuse its capacity.
+    listener_keys: Vec<EndpointKey>,
     /// Set by `stop_on_signals`.
     #[cfg(feature = "signals")]
     signals: Option<signals::SignalPipe>,
 }
 
 impl<H: Handler> Reactor<H> {
-    /// Checks `config`, binds a listener to `addr` (`SO_REUSEADDR`,
-    /// non-blocking, `listen(config.backlog)`) and builds the reactor.
+    /// Checks `config` and builds a reactor with no listener: add them,
+    /// and connections, timers, sources, through [`context`](Self::context),
+    /// before `run` or from any callback.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] before anything is bound;
-    /// [`Error::Bind`] naming the address and the OS reason;
-    /// [`Error::Listener`] or [`Error::Poll`] for other setup failures.
-    pub fn bind(addr: SocketAddr, config: Config, handler: H) -> Result<Reactor<H>, Error> {
+    /// [`Error::InvalidConfig`]; [`Error::Poll`] when the poller or the
+    /// handle's waker cannot be made.
+    pub fn new(config: Config, handler: H) -> Result<Reactor<H>, Error> {
         config.validate()?;
-        let (mut listener, local_addr) = listener::bind(addr, &config)?;
         let poll = Poll::new().map_err(|source| Error::Poll {
             op: "epoll_create",
             source,
         })?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(|source| Error::Listener {
-                op: "epoll_ctl",
-                addr,
-                source,
-            })?;
         let handle = Handle::new(poll.registry()).map_err(|source| Error::Poll {
             op: "eventfd (the handle's waker)",
             source,
         })?;
-        let table = ConnTable::new(&config);
-        let scratch = vec![0; table.limits.read_limit];
+        let events = Events::with_capacity(config.event_capacity);
+        let engine = Engine::new(config, poll);
+        let scratch = vec![0; engine.table.limits.read_limit];
         Ok(Reactor {
-            events: Events::with_capacity(config.event_capacity),
+            events,
             core: Core {
                 handler,
-                user: Vec::new(),
-                table,
-                poll,
-                listener: Some(listener),
-                local_addr,
+                engine,
                 scratch,
-                config,
-                accept: AcceptState::default(),
                 stats_reader: StatsReader::default(),
                 handle,
                 commands: Vec::new(),
-                stopping: StopRequest::None,
-                drain_deadline: None,
-                stopped: false,
+                listener_keys: Vec::new(),
                 #[cfg(feature = "signals")]
                 signals: None,
             },
         })
     }
 
-    /// The address the listener is bound to; with port 0, the real port.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.core.local_addr
+    /// The one-listener server: [`new`](Self::new), then a TCP listener on
+    /// `addr` with the config's listener options (`SO_REUSEADDR`,
+    /// non-blocking, `listen(config.backlog)`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] before anything is bound;
+    /// [`Error::Bind`] naming the address and the OS reason;
+    /// [`Error::Listener`], [`Error::Register`] or [`Error::Poll`] for
+    /// other setup failures.
+    pub fn bind(addr: SocketAddr, config: Config, handler: H) -> Result<Reactor<H>, Error> {
+        let mut reactor = Reactor::new(config, handler)?;
+        let options = ListenerOptions::from_config(&reactor.core.engine.config);
+        reactor.context().listen_with(addr, options)?;
+        Ok(reactor)
+    }
+
+    /// A [`Context`] for setting up before `run` (or between `run_once`
+    /// calls): listeners, outbound connections, sources, timers, sends.
+    /// Whatever a callback may do.
+    pub fn context(&mut self) -> Context<'_, H::Conn> {
+        Context::new(&mut self.core.engine)
+    }
+
+    /// The address of the first open TCP listener (the one
+    /// [`bind`](Self::bind) made); with port 0, the real port. `None`
+    /// without one (see [`Context::listener_addr`] for the others).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let endpoints = &self.core.engine.endpoints;
+        endpoints
+            .listener_keys()
+            .find_map(|key| match endpoints.get(key) {
+                Some(Endpoint::Listener(entry)) => {
+                    entry.listener.local_addr().ok().and_then(|a| a.as_tcp())
+                }
+                _ => None,
+            })
     }
 
     /// The counters as of now.
     pub fn stats(&self) -> Stats {
-        self.core.table.stats
+        self.core.engine.table.stats
     }
 
     /// A reader of the counters for other threads (updated once per turn).
     pub fn stats_reader(&self) -> StatsReader {
-        self.core.stats_reader.new_reader(&self.core.table.stats)
+        self.core
+            .stats_reader
+            .new_reader(&self.core.engine.table.stats)
     }
 
     /// The handler, for a program that drives the loop with `run_once`.
@@ -159,16 +173,13 @@ impl<H: Handler> Reactor<H> {
     /// Whether the reactor has stopped: a stop (from [`Context::stop`], or
     /// a [`Handle`]) has finished draining.
     pub fn is_stopped(&self) -> bool {
-        self.core.stopped
+        self.core.engine.table.stop.is_stopped()
     }
 
     /// What the stop achieved, once the reactor has stopped.
     pub fn stop_report(&self) -> Option<StopReport> {
-        if self.core.stopped {
-            Some(self.core.table.stop_report.unwrap_or_default())
-        } else {
-            None
-        }
+        let stop = &self.core.engine.table.stop;
+        stop.is_stopped().then(|| stop.report.unwrap_or_default())
     }
 
     /// Runs turns until the reactor stops ([`Context::stop`],
@@ -180,10 +191,10 @@ impl<H: Handler> Reactor<H> {
     /// Only [`Error::Poll`], when `epoll_wait` itself fails (an OS fault;
     /// `EINTR` is retried). Nothing a peer does makes `run` return.
     pub fn run(&mut self) -> Result<StopReport, Error> {
-        while !self.core.stopped {
+        while !self.is_stopped() {
             self.run_once(None)?;
         }
-        Ok(self.core.table.stop_report.unwrap_or_default())
+        Ok(self.core.engine.table.stop.report.unwrap_or_default())
     }
 
     /// Runs one turn, waiting at most `timeout` for events (`None`: until
@@ -201,13 +212,13 @@ impl<H: Handler> Reactor<H> {
     /// As [`run`](Self::run).
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         let core = &mut self.core;
-        if core.stopped {
+        if core.engine.table.stop.is_stopped() {
             return Ok(());
         }
         let timeout = core.poll_timeout(timeout);
         // Before a long wait the snapshot must go out: readers would
         // otherwise see a stale one for as long as the loop sleeps.
-        core.stats_reader.publish(&core.table.stats, timeout);
+        core.stats_reader.publish(&core.engine.table.stats, timeout);
         if core.wait_for_events(&mut self.events, timeout)? {
             core.serve_turn(&self.events);
         }
@@ -219,20 +230,20 @@ impl<H: Handler> Core<H> {
     /// Steps 3 to 8 of a turn, once `epoll_wait` has filled `events`.
     fn serve_turn(&mut self, events: &Events) {
         if self.needs_clock() {
-            self.table.clock.read();
+            self.engine.table.clock.read();
         }
-        let carried = self.table.ready.len();
+        let carried = self.engine.table.ready.len();
         self.dispatch_events(events);
         // Most turns of a busy loop have nothing more to do: a test of the
         // chores flag (before and after the timers, which may close
         // connections or ask for a stop) and one of the timer heap.
-        if self.table.chores {
+        if self.engine.table.chores {
             self.serve_ready_and_accept(carried);
         }
-        if !self.table.timers.is_empty() {
+        if !self.engine.table.timers.is_empty() {
             self.fire_timers();
         }
-        if self.table.chores {
+        if self.engine.table.chores {
             self.finish_turn();
         }
     }
@@ -245,7 +256,7 @@ impl<H: Handler> Core<H> {
         if carried > 0 {
             self.serve_ready_queue(carried);
         }
-        if self.accept.pending {
+        if self.engine.accept.pending {
             self.accept_connections();
         }
     }
@@ -253,16 +264,16 @@ impl<H: Handler> Core<H> {
     /// Steps 7 and 8, then what is left to do next turn.
     #[inline(never)]
     fn finish_turn(&mut self) {
-        if !self.table.closed.is_empty() {
+        if !self.engine.table.closed.is_empty() {
             self.finish_closes();
         }
-        if self.table.stop_request != StopRequest::None {
+        if self.engine.table.stop.is_requested() {
             self.progress_stop();
         }
-        self.table.chores = !self.table.ready.is_empty()
-            || !self.table.closed.is_empty()
-            || self.accept.pending
-            || self.table.stop_request != StopRequest::None;
+        self.engine.table.chores = !self.engine.table.ready.is_empty()
+            || !self.engine.table.closed.is_empty()
+            || self.engine.accept.pending
+            || self.engine.table.stop.is_requested();
     }
 
     /// Step 1: zero if there is work already, else until the nearest
@@ -271,17 +282,18 @@ impl<H: Handler> Core<H> {
     fn poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
         // Most turns: no work carried over and no deadline of our own (a
         // drain deadline or an accept pause exists only with chores).
-        if !self.table.chores {
-            if self.table.timers.is_empty() {
+        if !self.engine.table.chores {
+            if self.engine.table.timers.is_empty() {
                 return timeout;
             }
             // Only timers: until the nearest (the clock was read this turn,
             // as it is on every turn while timers are armed).
             let until_timer = self
+                .engine
                 .table
                 .timers
                 .next_deadline()
-                .map(|next| time_until(next, self.table.clock.now));
+                .map(|next| time_until(next, self.engine.table.clock.now));
             return earliest(until_timer, timeout);
         }
         self.own_poll_timeout(timeout)
@@ -289,24 +301,25 @@ impl<H: Handler> Core<H> {
 
     #[inline(never)]
     fn own_poll_timeout(&mut self, timeout: Option<Duration>) -> Option<Duration> {
-        let accept_waits = self.accept.pending && self.below_max_connections();
-        let own = if !self.table.ready.is_empty()
-            || self.table.stop_request > self.stopping
-            || (accept_waits && self.accept.paused_until.is_none())
+        let accept_waits = self.engine.accept.pending && self.engine.below_max_connections();
+        let own = if !self.engine.table.ready.is_empty()
+            || self.engine.table.stop.is_new_request()
+            || (accept_waits && self.engine.accept.paused_until.is_none())
         {
             Some(Duration::ZERO)
         } else {
-            let pause = self.accept.paused_until.filter(|_| accept_waits);
+            let pause = self.engine.accept.paused_until.filter(|_| accept_waits);
             // Timers need the clock read every turn (`needs_clock`); the
             // end of a pause or of a drain is measured from now.
-            let now = if pause.is_some() || self.drain_deadline.is_some() {
-                self.table.clock.read()
+            let drain_deadline = self.engine.table.stop.drain_deadline();
+            let now = if pause.is_some() || drain_deadline.is_some() {
+                self.engine.table.clock.read()
             } else {
-                self.table.clock.now
+                self.engine.table.clock.now
             };
             let next = earliest(
-                earliest(self.table.timers.next_deadline(), pause),
-                self.drain_deadline,
+                earliest(self.engine.table.timers.next_deadline(), pause),
+                drain_deadline,
             );
             next.map(|next| time_until(next, now))
         };
@@ -318,7 +331,7 @@ impl<H: Handler> Core<H> {
     /// (the end of an accept pause or of a drain reads it where it is
     /// checked).
     fn needs_clock(&self) -> bool {
-        !self.table.timers.is_empty() || self.config.idle_timeout.is_some()
+        !self.engine.table.timers.is_empty() || self.engine.config.idle_timeout.is_some()
     }
 
     /// Step 2: `epoll_wait`. Returns `false` when a signal interrupted it
@@ -330,16 +343,16 @@ impl<H: Handler> Core<H> {
         events: &mut Events,
         timeout: Option<Duration>,
     ) -> Result<bool, Error> {
-        match self.poll.poll(events, timeout) {
+        match self.engine.poll.poll(events, timeout) {
             Ok(()) => {
-                self.table.stats.turns += 1;
+                self.engine.table.stats.turns += 1;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 // The next wait is measured from now: otherwise each signal
                 // would restart a timer's whole remaining wait.
                 if self.needs_clock() {
-                    self.table.clock.read();
+                    self.engine.table.clock.read();
                 }
                 Ok(false)
             }
@@ -356,29 +369,23 @@ impl<H: Handler> Core<H> {
         let mut count = 0;
         for event in events.iter() {
             count += 1;
-            let token = event.token();
-            // The reactor's own tokens are the largest, so a connection's
-            // event is told apart with one comparison.
-            if token < SIGNALS {
-                self.connection_event(ConnId::from_token(token), event);
-            } else if token == LISTENER {
-                self.accept.pending = true;
-                self.table.chores = true;
-            } else if token == WAKER {
-                self.run_commands();
-            } else {
-                self.signals_received();
+            // A connection's token is told from the rest with one bit test.
+            match token_kind(event.token()) {
+                TokenKind::Conn(id) => self.connection_event(id, event),
+                TokenKind::Endpoint(key) => self.endpoint_event(key, event),
+                TokenKind::Waker => self.run_commands(),
+                TokenKind::Signals => self.signals_received(),
             }
         }
         if count == events.capacity() {
-            self.table.stats.full_event_batches += 1;
+            self.engine.table.stats.full_event_batches += 1;
         }
     }
 
     fn connection_event(&mut self, id: ConnId, event: &Event) {
         // A stale event (the connection closed this turn, or its slot has a
         // new tenant) finds no live connection with this id and is dropped.
-        let Some(conn) = live_mut(&mut self.table.conns, id) else {
+        let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
             return;
         };
         // The common case, served with this one slab lookup: a plain
@@ -391,18 +398,24 @@ impl<H: Handler> Core<H> {
             if let Ok(n @ 1..) = result {
                 if n < limit {
                     // A short read: drained, READABLE stays clear.
-                    self.table.stats.bytes_in += n as u64;
-                    conn.last_active = self.table.clock.now_ms;
+                    self.engine.table.stats.bytes_in += n as u64;
+                    conn.last_active = self.engine.table.clock.now_ms;
                     self.deliver(id, n);
                     return;
                 }
             }
             conn.flags |= flag::READABLE;
             if self.after_read(id, limit, result) {
-                self.read_connection(id, self.config.reads_per_turn - 1);
+                self.read_connection(id, self.engine.config.reads_per_turn - 1);
             }
             return;
         }
+        if conn.has(flag::CONNECTING) && !self.finish_connect(id) {
+            return;
+        }
+        let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
+            return;
+        };
         if event.is_readable() {
             conn.flags |= flag::READABLE;
         }
@@ -416,18 +429,38 @@ impl<H: Handler> Core<H> {
             // reading may be paused, or over (after EOF), and the connection
             // would linger.
             if let Ok(Some(e)) = conn.socket.take_error() {
-                self.table.fail(id, e);
+                self.engine.table.fail(id, e);
                 return;
             }
         }
         let queued_to_read = conn.has(flag::IN_READY_QUEUE);
-        if event.is_writable() && conn.queued_output() > 0 && self.table.flush(id) {
+        if event.is_writable() && conn.queued_output() > 0 && self.engine.table.flush(id) {
             self.drained(id);
         }
         // A connection already in the ready queue is read from there: one
         // read budget per turn, however it became ready.
         if !queued_to_read {
-            self.read_connection(id, self.config.reads_per_turn);
+            self.read_connection(id, self.engine.config.reads_per_turn);
+        }
+    }
+
+    /// An event for a listener (connections wait: accept in step 5) or for
+    /// one of the program's sources (passed to the handler). An event for
+    /// an endpoint closed earlier in this batch finds nothing and is
+    /// dropped.
+    #[cold]
+    fn endpoint_event(&mut self, key: EndpointKey, event: &Event) {
+        match self.engine.endpoints.get_mut(key) {
+            Some(Endpoint::Listener(entry)) => {
+                entry.pending = true;
+                self.engine.accept.pending = true;
+                self.engine.table.chores = true;
+            }
+            Some(Endpoint::Source) => {
+                self.handler
+                    .on_source(&mut Context::new(&mut self.engine), SourceId(key), event);
+            }
+            None => {}
         }
     }
 
@@ -437,12 +470,12 @@ impl<H: Handler> Core<H> {
     /// wait for the next, so no connection gets two budgets in one turn.
     fn serve_ready_queue(&mut self, carried: usize) {
         for _ in 0..carried {
-            let Some(id) = self.table.ready.pop_front() else {
+            let Some(id) = self.engine.table.ready.pop_front() else {
                 break;
             };
-            if let Some(conn) = self.table.get_mut(id) {
+            if let Some(conn) = self.engine.table.get_mut(id) {
                 conn.flags &= !flag::IN_READY_QUEUE;
-                self.read_connection(id, self.config.reads_per_turn);
+                self.read_connection(id, self.engine.config.reads_per_turn);
             }
         }
     }
@@ -452,19 +485,21 @@ impl<H: Handler> Core<H> {
     // Out of line: see `serve_ready_and_accept`.
     #[inline(never)]
     fn run_commands(&mut self) {
-        self.table.request_stop(self.handle.take_stop_request());
+        self.engine
+            .table
+            .request_stop(self.handle.take_stop_request());
         let mut commands = mem::take(&mut self.commands);
         self.handle.take_commands(&mut commands);
         for command in commands.drain(..) {
             match command {
                 Command::Send(id, data) => {
-                    if let Err(e) = self.table.send(id, &data) {
+                    if let Err(e) = self.engine.table.send(id, &data) {
                         log::debug!("send from a handle dropped: {e}");
                     }
                 }
                 Command::Message(message) => {
                     self.handler
-                        .on_message(&mut Context::new(&mut self.table), message);
+                        .on_message(&mut Context::new(&mut self.engine), message);
                 }
             }
         }
@@ -474,37 +509,43 @@ impl<H: Handler> Core<H> {
     /// Step 6: fire what is due: the handler's timers, idle checks, close
     /// checks. Timers set meanwhile wait for the next turn.
     fn fire_timers(&mut self) {
-        let now = self.table.clock.now;
-        if !self.table.timers.any_due(now) {
-            self.table.sweep_timers();
+        let now = self.engine.table.clock.now;
+        if !self.engine.table.timers.any_due(now) {
+            self.engine.table.sweep_timers();
             return;
         }
-        let before = self.table.timers.next_seq();
-        while let Some(due) = self.table.timers.pop_due(now, before) {
+        let before = self.engine.table.timers.next_seq();
+        while let Some(due) = self.engine.table.timers.pop_due(now, before) {
             match due {
                 Due::User(timer, key) => {
-                    self.table.stats.timers_fired += 1;
+                    self.engine.table.stats.timers_fired += 1;
                     self.handler
-                        .on_timer(&mut Context::new(&mut self.table), timer, key);
+                        .on_timer(&mut Context::new(&mut self.engine), timer, key);
                 }
-                Due::Idle(id) => self.table.check_idle(id),
-                Due::Close { id, cut_at } => self.table.check_close(id, cut_at),
+                Due::Idle(id) => self.engine.table.check_idle(id),
+                Due::Close { id, cut_at } => self.engine.table.check_close(id, cut_at),
+                Due::Connect(id) => self.engine.table.check_connect(id),
             }
         }
-        self.table.sweep_timers();
+        self.engine.table.sweep_timers();
     }
 
     /// Step 7: free the slots of connections closed this turn and hand each
     /// handler state back through `on_close`. Runs after the whole batch, so
     /// no event of it reached a slot's next tenant.
     fn finish_closes(&mut self) {
-        while let Some((id, reason)) = self.table.closed.pop_front() {
-            self.table.remove(id);
+        while let Some((id, reason)) = self.engine.table.closed.pop_front() {
+            self.engine.table.remove(id);
             // A descriptor is free: accepting may succeed again at once.
-            self.accept.paused_until = None;
-            if let Some(state) = self.user.get_mut(id.index()).and_then(Option::take) {
+            self.engine.accept.paused_until = None;
+            if let Some(state) = self
+                .engine
+                .states
+                .get_mut(id.index())
+                .and_then(Option::take)
+            {
                 self.handler
-                    .on_close(&mut Context::new(&mut self.table), id, state, reason);
+                    .on_close(&mut Context::new(&mut self.engine), id, state, reason);
             }
         }
     }
@@ -534,9 +575,9 @@ impl<H: Handler> Drop for Reactor<H> {
 impl<H: Handler> std::fmt::Debug for Reactor<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reactor")
-            .field("local_addr", &self.core.local_addr)
-            .field("connections", &self.core.table.conns.len())
-            .field("stopped", &self.core.stopped)
+            .field("local_addr", &self.local_addr())
+            .field("connections", &self.core.engine.table.conns.len())
+            .field("stopped", &self.is_stopped())
             .finish_non_exhaustive()
     }
 }

@@ -10,9 +10,16 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections accepted since start.
+    /// Connections accepted since start, from every listener.
     pub accepted: u64,
-    /// Connections open now.
+    /// Outbound connections ([`Context::connect`](crate::Context::connect))
+    /// established since start.
+    pub connected: u64,
+    /// Outbound connections that were never established (refused,
+    /// unreachable, timed out).
+    pub connect_failures: u64,
+    /// Connections open now, accepted and outbound (those still connecting
+    /// included).
     pub active: u64,
     /// Connections closed since start, for any reason.
     pub closed: u64,
@@ -22,8 +29,9 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to peers.
     pub bytes_out: u64,
-    /// Times a connection's queued output reached the high water mark and
-    /// reading from it stopped.
+    /// Times reading from a connection stopped for its output: queued
+    /// output reached the high water mark, or the handler left input
+    /// unconsumed while output was queued.
     pub backpressure_pauses: u64,
     /// Failed `accept` calls: resource errors (`EMFILE` ...) that paused
     /// accepting, and connections aborted before they were accepted; also

@@ -1,6 +1,8 @@
-//! How a stop was asked for, and what it achieved.
+//! Stopping: what was asked for, how far it has got, and what it achieved.
 
 use std::fmt;
+
+use crate::timer::Tick;
 
 /// What has been asked of the reactor; a later, stronger request wins.
 /// The discriminants are what a `Handle` stores in its atomic.
@@ -13,6 +15,62 @@ pub(crate) enum StopRequest {
     Graceful = 1,
     /// Close everything at once.
     Now = 2,
+}
+
+/// How far a stop has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum StopPhase {
+    /// No stop has begun (one may have been asked for this turn).
+    #[default]
+    Running,
+    /// A graceful stop began: listeners are closed, connections are
+    /// closing; those left at `deadline` are cut.
+    Draining { deadline: Tick },
+    /// Every connection is gone: `run` returns.
+    Stopped,
+}
+
+/// The one place the stop lives: the request (from `Context`, a `Handle`
+/// or a signal), the phase, and the report that `ConnTable::end` counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stop {
+    pub(crate) request: StopRequest,
+    pub(crate) phase: StopPhase,
+    /// Counts how connections end, from the start of a stop.
+    pub(crate) report: Option<StopReport>,
+}
+
+impl Stop {
+    /// Whether a stop has been asked for (it may not have begun yet).
+    pub(crate) fn is_requested(&self) -> bool {
+        self.request != StopRequest::None
+    }
+
+    /// The strongest stop that has begun.
+    pub(crate) fn begun(&self) -> StopRequest {
+        match self.phase {
+            StopPhase::Running => StopRequest::None,
+            StopPhase::Draining { .. } => StopRequest::Graceful,
+            StopPhase::Stopped => StopRequest::Now,
+        }
+    }
+
+    /// A stop was asked for that has not begun: the next turn starts it.
+    pub(crate) fn is_new_request(&self) -> bool {
+        self.request > self.begun()
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.phase == StopPhase::Stopped
+    }
+
+    /// The drain's deadline, while draining.
+    pub(crate) fn drain_deadline(&self) -> Option<Tick> {
+        match self.phase {
+            StopPhase::Draining { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
 }
 
 /// What a stop achieved, returned by [`Reactor::run`](crate::Reactor::run)
@@ -30,7 +88,8 @@ pub struct StopReport {
     pub drained: u64,
     /// Connections cut with a reset: still draining at
     /// [`Config::drain_timeout`](crate::Config::drain_timeout), or closed by
-    /// [`stop_now`](crate::Context::stop_now) with output still queued.
+    /// [`stop_now`](crate::Context::stop_now) with output still queued,
+    /// input unread, or a connect still under way.
     pub forced: u64,
     /// Connections that ended otherwise while draining.
     pub failed: u64,

@@ -12,7 +12,8 @@ use slab::Slab;
 use socket2::Socket;
 
 use crate::conn::{self, Buffers, Conn, flag};
-use crate::stop::{StopReport, StopRequest};
+use crate::id::Generations;
+use crate::stop::{Stop, StopRequest};
 use crate::timer::{Clock, Target, Tick, Timers, deadline_after};
 use crate::{CloseReason, Config, ConnId, Error, Stats};
 
@@ -69,10 +70,8 @@ pub(crate) struct ConnTable {
     /// or whose reading resumed; served next turn with a zero poll timeout
     /// (edge-triggered polling will not tell us about them again).
     pub(crate) ready: VecDeque<ConnId>,
-    /// What `Context::stop`, `stop_now` or a `Handle` asked for.
-    pub(crate) stop_request: StopRequest,
-    /// Counts how connections end, from the start of a stop.
-    pub(crate) stop_report: Option<StopReport>,
+    /// The stop: what was asked, how far it is, and its report.
+    pub(crate) stop: Stop,
     pub(crate) timers: Timers,
     pub(crate) clock: Clock,
     /// Set whenever the loop has work beyond serving events: a connection
@@ -84,7 +83,7 @@ pub(crate) struct ConnTable {
     /// moves into a connection as it is, with no allocation.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<Buffers>>,
-    next_generation: u32,
+    generations: Generations,
 }
 
 impl ConnTable {
@@ -95,22 +94,31 @@ impl ConnTable {
             limits: Limits::from_config(config),
             closed: VecDeque::new(),
             ready: VecDeque::new(),
-            stop_request: StopRequest::None,
-            stop_report: None,
+            stop: Stop::default(),
             timers: Timers::default(),
             clock: Clock::new(),
             chores: false,
             pool: Vec::new(),
-            next_generation: 0,
+            generations: Generations::default(),
         }
     }
 
-    /// Takes a slot for a new connection and returns its id.
-    pub(crate) fn insert(&mut self, socket: Socket) -> ConnId {
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let conn = Conn::new(socket, self.next_generation, self.clock.now_ms);
-        let id = ConnId::new(self.conns.insert(conn), self.next_generation);
-        self.stats.accepted += 1;
+    /// Takes a slot for a new connection and returns its id. A connection
+    /// still `connecting` is counted once established (`established`).
+    pub(crate) fn insert(&mut self, socket: Socket, connecting: bool) -> ConnId {
+        let generation = self.generations.take();
+        if connecting {
+            // `connect` may be called outside a turn (before `run`), when
+            // the clock was not read: stamps and deadlines need it now.
+            self.clock.read();
+        }
+        let mut conn = Conn::new(socket, generation, self.clock.now_ms);
+        if connecting {
+            conn.flags |= flag::CONNECTING;
+        } else {
+            self.stats.accepted += 1;
+        }
+        let id = ConnId::new(self.conns.insert(conn), generation);
         self.stats.active += 1;
         if let Some(idle) = self.limits.idle_timeout {
             // The clock was read this turn: it is, whenever idle timeouts
@@ -123,11 +131,55 @@ impl ConnTable {
 
     /// The next slot `insert` will take, to register the socket under its
     /// token before the slot exists.
-    pub(crate) fn next_id(&self) -> ConnId {
-        ConnId::new(
-            self.conns.vacant_key(),
-            self.next_generation.wrapping_add(1),
-        )
+    pub(crate) fn next_id(&mut self) -> ConnId {
+        ConnId::new(self.conns.vacant_key(), self.generations.peek())
+    }
+
+    /// A connection under way is asked to be established within `timeout`.
+    pub(crate) fn arm_connect_timeout(&mut self, id: ConnId, timeout: Duration) {
+        let deadline = deadline_after(self.clock.read(), timeout);
+        self.timers.arm(deadline, Target::Connect(id));
+    }
+
+    /// The connect of `id` has finished: it is a connection like any other
+    /// from now on. Its connect deadline is dead.
+    pub(crate) fn established(&mut self, id: ConnId) {
+        if let Some(conn) = live_mut(&mut self.conns, id) {
+            conn.flags &= !flag::CONNECTING;
+            conn.last_active = self.clock.now_ms;
+            self.stats.connected += 1;
+            self.timers.disarm(1);
+        }
+    }
+
+    /// A connect deadline came due: a connection still under way fails.
+    pub(crate) fn check_connect(&mut self, id: ConnId) {
+        if self.get(id).is_some_and(|c| c.has(flag::CONNECTING)) {
+            self.connect_failed(id, crate::ConnectError::TimedOut);
+        }
+    }
+
+    /// An outbound connection was never established.
+    pub(crate) fn connect_failed(&mut self, id: ConnId, error: crate::ConnectError) {
+        self.stats.connect_failures += 1;
+        log::debug!("conn {id}: connect failed: {error}");
+        self.drop_connection(id, CloseReason::ConnectFailed(error));
+    }
+
+    /// The ids of the connections not closed, in slot order.
+    pub(crate) fn live_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| !conn.has(flag::DEAD))
+            .map(|(index, conn)| ConnId::new(index, conn.generation))
+    }
+
+    /// The first connection not closed at slot `start` or after.
+    pub(crate) fn live_id_from(&self, start: usize) -> Option<ConnId> {
+        (start..self.conns.capacity()).find_map(|index| {
+            let conn = self.conns.get(index).filter(|c| !c.has(flag::DEAD))?;
+            Some(ConnId::new(index, conn.generation))
+        })
     }
 
     /// The live connection with this id: not closed, not another tenant of
@@ -151,8 +203,12 @@ impl ConnTable {
         let Some(conn) = live_mut(&mut self.conns, id) else {
             return Err(Error::UnknownConnection(id));
         };
-        if conn.has(flag::NO_WRITE) {
-            return Err(Error::WriteClosed(id));
+        if conn.has(flag::NO_WRITE | flag::CONNECTING) {
+            if conn.has(flag::NO_WRITE) {
+                return Err(Error::WriteClosed(id));
+            }
+            // Not established yet: queued, flushed once it is.
+            return self.queue_output(id, data);
         }
         if conn.queued_output() > 0 || data.is_empty() {
             // Behind what is queued, to keep the order (or nothing to do).
@@ -322,6 +378,23 @@ impl ConnTable {
         drained && self.get(id).is_some_and(|c| !c.has(flag::NO_WRITE))
     }
 
+    /// Output flow: the handler left input unconsumed while output is
+    /// queued, which is how a handler of pipelined requests says "not
+    /// until my answers have gone". Reading stops, as at the high water
+    /// mark, until the output falls to the low water mark; then the input
+    /// is offered again (`flush` sets `REOFFER`), without waiting for new
+    /// bytes the peer may never send. Reading waiting for output also keeps
+    /// a peer's pipeline from piling up as unconsumed input.
+    pub(crate) fn wait_for_output(&mut self, id: ConnId) {
+        let Some(conn) = self.get_mut(id) else {
+            return;
+        };
+        if conn.has_input() && conn.queued_output() > 0 && !conn.has(flag::BACKPRESSURED) {
+            conn.flags |= flag::BACKPRESSURED;
+            self.stats.backpressure_pauses += 1;
+        }
+    }
+
     /// Graceful close: stop taking input, flush, FIN, then free the slot
     /// as soon as that cannot make the kernel reset the connection.
     ///
@@ -385,7 +458,10 @@ impl ConnTable {
         let Some(conn) = self.get_mut(id) else {
             return;
         };
-        if !conn.has(flag::SHUTDOWN_PENDING) || conn.queued_output() > 0 {
+        if !conn.has(flag::SHUTDOWN_PENDING)
+            || conn.queued_output() > 0
+            || conn.has(flag::CONNECTING)
+        {
             return;
         }
         if !conn.has(flag::WRITE_SHUT) {
@@ -519,13 +595,14 @@ impl ConnTable {
         let dropped = conn.queued_output() as u64;
         let stopping = conn.has(flag::STOPPING);
         // Its idle check and close check, if armed, are dead from now on.
-        let armed =
-            usize::from(self.limits.idle_timeout.is_some()) + usize::from(conn.has(flag::CLOSING));
+        let armed = usize::from(self.limits.idle_timeout.is_some())
+            + usize::from(conn.has(flag::CLOSING))
+            + usize::from(conn.has(flag::CONNECTING));
         let bufs = conn.bufs.take();
         self.timers.disarm(armed);
         self.stats.queued_output -= dropped;
         if stopping {
-            let report = self.stop_report.get_or_insert_default();
+            let report = self.stop.report.get_or_insert_default();
             match (ending, &reason) {
                 (Ending::Clean, _) => report.drained += 1,
                 (Ending::Reset, CloseReason::Stopped) => report.forced += 1,
@@ -551,7 +628,7 @@ impl ConnTable {
     /// Asks for a stop; a stronger request than the one pending wins
     /// (`stop_now` over `stop`), a weaker one changes nothing.
     pub(crate) fn request_stop(&mut self, request: StopRequest) {
-        self.stop_request = self.stop_request.max(request);
+        self.stop.request = self.stop.request.max(request);
         self.chores |= request != StopRequest::None;
     }
 
@@ -560,6 +637,10 @@ impl ConnTable {
     /// make the kernel reset it), else cut with a reset and counted as
     /// forced.
     pub(crate) fn end_at_once(&mut self, id: ConnId) {
+        if self.get(id).is_some_and(|c| c.has(flag::CONNECTING)) {
+            self.drop_connection(id, CloseReason::Stopped);
+            return;
+        }
         self.flush(id);
         let Some(conn) = self.get(id) else {
             return;
@@ -579,7 +660,13 @@ impl ConnTable {
         let (Some(idle), Some(conn)) = (self.limits.idle_timeout, self.get(id)) else {
             return;
         };
-        match self.quiet_time_left(conn, idle) {
+        // A connection under way has its connect timeout instead.
+        let quiet = if conn.has(flag::CONNECTING) {
+            Some(idle)
+        } else {
+            self.quiet_time_left(conn, idle)
+        };
+        match quiet {
             None => {
                 let cut = conn.queued_output() > 0;
                 self.time_out(id, cut);
@@ -622,6 +709,9 @@ impl ConnTable {
             Target::Close { id, .. } => conns
                 .get(id.index())
                 .is_some_and(|c| c.is(id) && c.has(flag::CLOSING)),
+            Target::Connect(id) => conns
+                .get(id.index())
+                .is_some_and(|c| c.is(id) && c.has(flag::CONNECTING)),
             Target::User(_) => true,
         });
     }

@@ -129,6 +129,8 @@ pub(crate) enum Target {
     /// A graceful close's periodic check: cut it at `cut_at` (the close
     /// timeout), or finish it once the peer has fallen silent.
     Close { id: ConnId, cut_at: Tick },
+    /// An outbound connection not established by then fails.
+    Connect(ConnId),
 }
 
 /// A timer of the handler's, alive while it is in the slab.
@@ -179,6 +181,8 @@ pub(crate) enum Due {
     Idle(ConnId),
     /// See [`Target::Close`].
     Close { id: ConnId, cut_at: Tick },
+    /// See [`Target::Connect`].
+    Connect(ConnId),
 }
 
 /// Every armed timer of one reactor.
@@ -322,6 +326,7 @@ impl Timers {
             match entry.target {
                 Target::Idle(id) => return Some(Due::Idle(id)),
                 Target::Close { id, cut_at } => return Some(Due::Close { id, cut_at }),
+                Target::Connect(id) => return Some(Due::Connect(id)),
                 Target::User(id) => {
                     if self.is_cancelled(entry.target) {
                         continue;
@@ -384,7 +389,7 @@ impl Timers {
                 .user
                 .get(id.slot as usize)
                 .is_none_or(|t| t.generation != id.generation),
-            Target::Idle(_) | Target::Close { .. } => false,
+            Target::Idle(_) | Target::Close { .. } | Target::Connect(_) => false,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::{DEADLINE, any_local_address, connect, proc_addr, start, wait_until};
-use tcp_reactor::{Config, ConnId, Context, Echo, Error, Handler, Reactor};
+use tcp_reactor::{Addr, Config, ConnId, Context, Echo, Error, Handler, ListenerId, Reactor};
 
 /// A handler that never gets a connection.
 #[derive(Debug, Default)]
@@ -20,8 +20,21 @@ struct Idle;
 impl Handler for Idle {
     type Conn = ();
     type Message = ();
-    fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
-    fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
+    }
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         data.len()
     }
 }
@@ -37,7 +50,7 @@ fn assert_addr_in_use(result: Result<Reactor<Idle>, Error>, addr: SocketAddr) {
             addr: reported,
             source,
         } => {
-            assert_eq!(*reported, addr);
+            assert_eq!(**reported, addr);
             assert_eq!(source.kind(), ErrorKind::AddrInUse, "{source:?}");
             assert!(source.raw_os_error().is_some(), "{source:?} is the OS's");
             assert!(
@@ -62,7 +75,7 @@ fn assert_addr_in_use(result: Result<Reactor<Idle>, Error>, addr: SocketAddr) {
 fn binding_an_address_in_use_names_the_address_and_the_os_reason() {
     // Taken by another reactor...
     let first = Reactor::bind(any_local_address(), Config::default(), Idle).expect("first bind");
-    let addr = first.local_addr();
+    let addr = first.local_addr().expect("a TCP listener");
     assert_addr_in_use(Reactor::bind(addr, Config::default(), Idle), addr);
 
     // ... and by a plain std listener.
@@ -115,13 +128,13 @@ fn an_invalid_config_is_refused_before_anything_binds() {
     }
     let reactor = Reactor::bind(free_addr, Config::default(), Idle)
         .expect("the port stayed free: nothing was bound for the invalid configs");
-    assert_eq!(reactor.local_addr(), free_addr);
+    assert_eq!(reactor.local_addr().expect("a TCP listener"), free_addr);
 }
 
 #[test]
 fn port_zero_reports_the_port_the_kernel_chose() {
     let reactor = Reactor::bind(any_local_address(), Config::default(), Echo).expect("bind");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     assert_eq!(addr.ip(), Ipv4Addr::LOCALHOST);
     assert_ne!(addr.port(), 0, "local_addr must report the real port");
     // It is the port really listened on: a second bind there fails, and a
@@ -137,7 +150,7 @@ fn port_zero_reports_the_port_the_kernel_chose() {
 /// Sends `data` from a new client to `reactor`, drives the reactor from
 /// this thread until it has echoed as much, and returns what came back.
 fn echo_by_turns(reactor: &mut Reactor<Echo>, data: &[u8]) -> Vec<u8> {
-    let mut client = connect(reactor.local_addr());
+    let mut client = connect(reactor.local_addr().expect("a TCP listener"));
     client.write_all(data).expect("client writes");
     let target = reactor.stats().bytes_out + data.len() as u64;
     let deadline = Instant::now() + DEADLINE;
@@ -161,12 +174,24 @@ impl Handler for CloseFirst {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
         cx.send(id, b"bye").expect("greeting");
         cx.close(id);
     }
 
-    fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         data.len()
     }
 }

@@ -46,7 +46,7 @@ use common::{DEADLINE, start};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Handler};
+use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Handler, ListenerId};
 
 /// First byte of an "echo only" connection.
 const ECHO: u8 = b'E';
@@ -292,36 +292,50 @@ impl ChaosHandler {
         }
     }
 
-    fn close(&mut self, cx: &mut Context<'_>, id: ConnId) {
+    fn close(&mut self, cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>, id: ConnId) {
         self.note(id, "close");
         self.mark_write_closed(id, true);
         cx.close(id);
     }
 
-    fn abort(&mut self, cx: &mut Context<'_>, id: ConnId) {
+    fn abort(&mut self, cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>, id: ConnId) {
         self.note(id, "abort");
         self.mark_write_closed(id, true);
         cx.abort(id);
     }
 
-    fn shutdown_write(&mut self, cx: &mut Context<'_>, id: ConnId) {
+    fn shutdown_write(
+        &mut self,
+        cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>,
+        id: ConnId,
+    ) {
         self.note(id, "shutdown_write");
         self.mark_write_closed(id, false);
         cx.shutdown_write(id);
     }
 
-    fn pause(&mut self, cx: &mut Context<'_>, id: ConnId, due: u64) {
+    fn pause(
+        &mut self,
+        cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>,
+        id: ConnId,
+        due: u64,
+    ) {
         self.note(id, format_args!("pause_read until tick {due}"));
         cx.pause_read(id);
         self.paused.push((id, due));
     }
 
-    fn resume(&mut self, cx: &mut Context<'_>, id: ConnId) {
+    fn resume(&mut self, cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>, id: ConnId) {
         self.note(id, "resume_read");
         cx.resume_read(id);
     }
 
-    fn send(&mut self, cx: &mut Context<'_>, id: ConnId, data: &[u8]) {
+    fn send(
+        &mut self,
+        cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>,
+        id: ConnId,
+        data: &[u8],
+    ) {
         let result = cx.send(id, data);
         if data.len() > 1024 || result.is_err() {
             self.note(
@@ -349,7 +363,7 @@ impl ChaosHandler {
     /// Runs in every callback: resumes paused connections and runs
     /// deferred closes that are due, whichever connection the callback is
     /// for.
-    fn housekeeping(&mut self, cx: &mut Context<'_>) {
+    fn housekeeping(&mut self, cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>) {
         self.tick += 1;
         let tick = self.tick;
         let mut i = 0;
@@ -376,7 +390,7 @@ impl ChaosHandler {
         }
     }
 
-    fn kick(&mut self, cx: &mut Context<'_>) {
+    fn kick(&mut self, cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>) {
         for (id, _) in std::mem::take(&mut self.paused) {
             self.resume(cx, id);
         }
@@ -398,7 +412,7 @@ impl ChaosHandler {
     /// do; without one, plain echo.
     fn chaos(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, <ChaosHandler as Handler>::Conn>,
         id: ConnId,
         conn: &mut ConnState,
         data: &[u8],
@@ -504,7 +518,13 @@ impl Handler for ChaosHandler {
     type Conn = ConnState;
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) -> ConnState {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) -> ConnState {
         if self.records.contains_key(&id) {
             self.violation(format!("on_open for {id:?} a second time"));
         }
@@ -526,7 +546,7 @@ impl Handler for ChaosHandler {
 
     fn on_data(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, Self::Conn>,
         id: ConnId,
         conn: &mut ConnState,
         data: &[u8],
@@ -589,7 +609,7 @@ impl Handler for ChaosHandler {
         consumed
     }
 
-    fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut ConnState) {
+    fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, conn: &mut ConnState) {
         self.check(id, conn, "on_eof");
         match self.records.get_mut(&id) {
             Some(r) if r.eof => self.violation(format!("on_eof for {id:?} a second time")),
@@ -615,7 +635,7 @@ impl Handler for ChaosHandler {
         self.housekeeping(cx);
     }
 
-    fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut ConnState) {
+    fn on_drain(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, conn: &mut ConnState) {
         self.check(id, conn, "on_drain");
         self.note(id, "on_drain");
         if self.records.get(&id).is_some_and(|r| r.write_closed) {
@@ -631,7 +651,13 @@ impl Handler for ChaosHandler {
         self.housekeeping(cx);
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>, id: ConnId, conn: ConnState, reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        conn: ConnState,
+        reason: CloseReason,
+    ) {
         self.check(id, &conn, "on_close");
         let reason = format!("{reason:?}");
         self.note(id, format_args!("on_close {reason}"));

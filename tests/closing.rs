@@ -14,7 +14,9 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use common::{Reports, any_local_address, connect, drive_until, read_to_eof, start, wait_until};
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Handler, Keepalive, Reactor};
+use tcp_reactor::{
+    Addr, CloseReason, Config, ConnId, Context, Handler, Keepalive, ListenerId, Reactor,
+};
 
 /// A close timeout no test waits for: a close that ended only there would
 /// fail the test's 30 s waits.
@@ -41,7 +43,7 @@ impl Closer {
         (Closer { seen }, reports)
     }
 
-    fn close(&self, cx: &mut Context<'_>, id: ConnId) {
+    fn close(&self, cx: &mut Context<'_, <Closer as Handler>::Conn>, id: ConnId) {
         let at = Instant::now();
         cx.close(id);
         let _ = self.seen.send(Seen::Closing(id, at));
@@ -52,11 +54,25 @@ impl Handler for Closer {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         if data.starts_with(b"hello") {
             cx.send(id, b"Hello World").expect("the reply");
             self.close(cx, id);
@@ -71,7 +87,13 @@ impl Handler for Closer {
         data.len()
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason, Instant::now()));
     }
 }
@@ -280,7 +302,7 @@ fn a_loop_whose_timers_are_all_dead_sleeps_without_a_timeout() {
         .idle_timeout(Some(Duration::from_millis(50)));
     let (handler, _reports) = Closer::new();
     let mut reactor = Reactor::bind(any_local_address(), config, handler).expect("bind");
-    let mut client = connect(reactor.local_addr());
+    let mut client = connect(reactor.local_addr().expect("a TCP listener"));
     client.write_all(b"close").expect("write");
     drive_until(&mut reactor, "the close to finish", |r| {
         r.stats().closed == 1

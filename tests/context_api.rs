@@ -15,7 +15,9 @@ use std::thread;
 use common::{
     DEADLINE, Reports, any_local_address, connect, pattern, read_to_eof, start, write_pattern,
 };
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler, Reactor, Stats};
+use tcp_reactor::{
+    Addr, CloseReason, Config, ConnId, Context, Error, Handler, ListenerId, Reactor, Stats,
+};
 
 /// What a handler saw or did, reported to the test thread.
 #[derive(Debug)]
@@ -69,7 +71,14 @@ struct Probe {
 
 impl Probe {
     fn new(
-        on_data: impl FnMut(&mut Context<'_>, ConnId, &[u8], &Tools<'_>) -> usize + Send + 'static,
+        on_data: impl FnMut(
+            &mut Context<'_, <Probe as Handler>::Conn>,
+            ConnId,
+            &[u8],
+            &Tools<'_>,
+        ) -> usize
+        + Send
+        + 'static,
     ) -> (Probe, ProbeReports) {
         let (seen, reports) = ProbeReports::new();
         let probe = Probe {
@@ -85,16 +94,28 @@ impl Handler for Probe {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
         let peer_addr = cx.peer_addr(id);
         let _ = self.seen.send(Seen::Open {
             id,
-            peer,
-            peer_addr,
+            peer: peer.as_tcp().expect("a TCP peer"),
+            peer_addr: peer_addr.map(|a| a.as_tcp().expect("a TCP peer")),
         });
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let tools = Tools {
             seen: &self.seen,
             closed: &self.closed,
@@ -102,13 +123,19 @@ impl Handler for Probe {
         (self.on_data)(cx, id, data, &tools)
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         self.closed.push(id);
         let _ = self.seen.send(Seen::Close(Box::new(Closed {
             id,
             reason,
             send: cx.send(id, b"after close"),
-            peer_addr: cx.peer_addr(id),
+            peer_addr: cx.peer_addr(id).map(|a| a.as_tcp().expect("a TCP peer")),
             pending: cx.pending_output(id),
         })));
     }
@@ -848,7 +875,7 @@ fn stop_makes_run_return_ok_and_closes_every_connection_as_stopped() {
     });
     let mut reactor =
         Reactor::bind(any_local_address(), Config::default(), probe).expect("bind on port 0");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let (done_tx, done_rx) = mpsc::channel();
     let runner = thread::spawn(move || {
         let result = reactor.run();

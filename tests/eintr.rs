@@ -26,9 +26,22 @@ impl Handler for StoppableEcho {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: std::net::SocketAddr) {}
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _peer: &tcp_reactor::Addr,
+        _listener: tcp_reactor::ListenerId,
+    ) {
+    }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        conn: &mut (),
+        data: &[u8],
+    ) -> usize {
         if data == b"stop" {
             cx.stop();
             return data.len();
@@ -60,7 +73,7 @@ fn signals_while_waiting_do_not_end_the_loop() {
 
     let mut reactor =
         Reactor::bind(any_local_address(), Config::default(), StoppableEcho).expect("bind");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let stats = reactor.stats_reader();
     // `run` with no timeout: between events the thread sleeps in epoll_wait.
     let thread = std::thread::spawn(move || reactor.run());
@@ -144,13 +157,19 @@ impl Handler for TimerOnOpen {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, _id: ConnId, _peer: std::net::SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _peer: &tcp_reactor::Addr,
+        _listener: tcp_reactor::ListenerId,
+    ) {
         cx.set_timer(self.delay, 0);
     }
 
     fn on_data(
         &mut self,
-        _cx: &mut Context<'_>,
+        _cx: &mut Context<'_, Self::Conn>,
         _id: ConnId,
         _conn: &mut (),
         data: &[u8],
@@ -158,7 +177,12 @@ impl Handler for TimerOnOpen {
         data.len()
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, _timer: tcp_reactor::TimerId, _key: u64) {
+    fn on_timer(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        _timer: tcp_reactor::TimerId,
+        _key: u64,
+    ) {
         let _ = self.fired.send(Instant::now());
         cx.stop_now();
     }
@@ -175,7 +199,7 @@ fn signals_more_often_than_a_timer_s_delay_do_not_put_it_off() {
         TimerOnOpen { delay, fired },
     )
     .expect("bind");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let thread = std::thread::spawn(move || reactor.run());
     // Read before the connect: the timer is set (in on_open) after it.
     let set = Instant::now();

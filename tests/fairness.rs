@@ -12,7 +12,7 @@ use common::{
     Plan, any_local_address, connect, drive_until, pattern, pattern_bytes, run_echo_clients, start,
     write_pattern,
 };
-use tcp_reactor::{Config, ConnId, Context, Echo, Handler, Reactor};
+use tcp_reactor::{Addr, Config, ConnId, Context, Echo, Handler, ListenerId, Reactor};
 
 /// The fairness test's read budget: at most this many reads of
 /// [`READ_CHUNK`] bytes from one connection per turn.
@@ -50,12 +50,24 @@ impl Handler for SinkOrEcho {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
         self.log.flood.get_or_insert(id);
-        self.log.ids.insert(peer, id);
+        self.log.ids.insert(peer.as_tcp().expect("a TCP peer"), id);
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let turn = cx.stats().turns;
         let n = data.len() as u64;
         if self.log.flood == Some(id) {
@@ -122,7 +134,7 @@ fn light_clients_finish_while_one_client_floods() {
         .read_chunk(READ_CHUNK);
     let mut reactor =
         Reactor::bind(any_local_address(), config, SinkOrEcho::default()).expect("bind on port 0");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
 
     // The flood connects first: the handler takes the first connection for
     // the flood.

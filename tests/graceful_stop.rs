@@ -27,8 +27,8 @@ use common::{
 };
 use socket2::SockRef;
 use tcp_reactor::{
-    CloseReason, Config, ConnId, Context, Error, Handle, Handler, Reactor, Stats, StatsReader,
-    StopReport,
+    Addr, CloseReason, Config, ConnId, Context, Error, Handle, Handler, ListenerId, Reactor, Stats,
+    StatsReader, StopReport,
 };
 
 /// The reply to `big`: far more than the kernel's socket buffers hold
@@ -72,11 +72,25 @@ impl Handler for Commands {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         // Whole lines only; an unfinished one is offered again with more.
         let mut consumed = 0;
         while let Some(end) = data[consumed..].iter().position(|&b| b == b'\n') {
@@ -97,7 +111,13 @@ impl Handler for Commands {
         consumed
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason));
     }
 }
@@ -120,7 +140,7 @@ where
     H::Conn: Send + 'static,
 {
     let mut reactor = Reactor::bind(any_local_address(), config, handler).expect("bind on port 0");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let handle = reactor.handle();
     let stats = reactor.stats_reader();
     let thread = thread::spawn(move || {
@@ -528,7 +548,7 @@ fn a_program_driving_run_once_sees_the_stop_complete_and_later_turns_do_nothing(
 
     // The connect completes in the kernel's backlog; the reactor accepts it
     // in one of the turns below.
-    let mut client = connect(reactor.local_addr());
+    let mut client = connect(reactor.local_addr().expect("a TCP listener"));
     client.write_all(b"stop\n").expect("ask the server to stop");
     client.set_nonblocking(true).expect("non-blocking client");
     let mut client = Some(client);

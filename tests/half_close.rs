@@ -12,7 +12,7 @@ use std::sync::mpsc::Sender;
 use std::thread;
 
 use common::{Reports, connect, pattern, read_to_eof, start, write_pattern};
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler};
+use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Error, Handler, ListenerId};
 
 /// What a handler saw, reported to the test thread.
 #[derive(Debug)]
@@ -65,16 +65,36 @@ impl Handler for RecordingEcho {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let _ = cx.send(id, data);
         data.len()
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason));
     }
 }
@@ -94,11 +114,25 @@ impl Handler for TrailerLater {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         if data.len() < GO.len() && GO.starts_with(data) {
             return 0; // maybe the start of a command: wait for the rest
         }
@@ -114,13 +148,19 @@ impl Handler for TrailerLater {
         data.len()
     }
 
-    fn on_eof(&mut self, _cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+    fn on_eof(&mut self, _cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
         // No close: the connection stays half-open.
         self.half_open.push(id);
         let _ = self.seen.send(Seen::Eof(id));
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason));
     }
 }
@@ -142,14 +182,22 @@ impl Handler for HalfCloser {
     type Conn = HalfState;
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) -> HalfState {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) -> HalfState {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
         HalfState::default()
     }
 
     fn on_data(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, Self::Conn>,
         id: ConnId,
         state: &mut HalfState,
         data: &[u8],
@@ -173,7 +221,13 @@ impl Handler for HalfCloser {
         data.len()
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: HalfState, reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: HalfState,
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason));
     }
 }
@@ -189,15 +243,29 @@ impl Handler for ReplyOnEof {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
     }
 
-    fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         data.len()
     }
 
-    fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+    fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
         let _ = cx.send(id, &self.reply);
         let _ = self
             .seen
@@ -205,7 +273,13 @@ impl Handler for ReplyOnEof {
         cx.close(id);
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason));
     }
 }

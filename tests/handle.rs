@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::{DEADLINE, Reports, any_local_address, connect, pattern, read_to_eof, wait_until};
 use tcp_reactor::{
-    CloseReason, Config, ConnId, Context, Error, Handle, Handler, Reactor, StopReport, TimerId,
+    Addr, CloseReason, Config, ConnId, Context, Error, Handle, Handler, ListenerId, Reactor,
+    StopReport, TimerId,
 };
 
 /// The reactor thread's result: the reactor back, and what `run` returned.
@@ -38,7 +39,7 @@ where
     H::Conn: Send + 'static,
 {
     let mut reactor = Reactor::bind(any_local_address(), config, handler).expect("bind on port 0");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let handle = reactor.handle();
     let thread = thread::spawn(move || {
         let result = reactor.run();
@@ -124,16 +125,30 @@ impl Handler for Hub {
     type Conn = ();
     type Message = Msg;
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
-        let _ = self.seen.send(Seen::Open(id, peer));
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
+        let _ = self
+            .seen
+            .send(Seen::Open(id, peer.as_tcp().expect("a TCP peer")));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let _ = cx.send(id, data);
         data.len()
     }
 
-    fn on_message(&mut self, cx: &mut Context<'_>, message: Msg) {
+    fn on_message(&mut self, cx: &mut Context<'_, Self::Conn>, message: Msg) {
         let report = match message {
             Msg::SendTo(id, bytes) => Seen::Sent(cx.send(id, &bytes)),
             Msg::SetTimer(after, key) => Seen::TimerSet(cx.set_timer(after, key), key),
@@ -146,11 +161,17 @@ impl Handler for Hub {
         let _ = self.seen.send(report);
     }
 
-    fn on_timer(&mut self, _cx: &mut Context<'_>, timer: TimerId, key: u64) {
+    fn on_timer(&mut self, _cx: &mut Context<'_, Self::Conn>, timer: TimerId, key: u64) {
         let _ = self.seen.send(Seen::Timer(timer, key));
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let _ = self.seen.send(Seen::Close(id, reason));
     }
 }
@@ -222,13 +243,26 @@ impl Handler for Recorder {
     type Conn = ();
     type Message = (usize, u64);
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
+    }
 
-    fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         data.len()
     }
 
-    fn on_message(&mut self, _cx: &mut Context<'_>, (thread, seq): (usize, u64)) {
+    fn on_message(&mut self, _cx: &mut Context<'_, Self::Conn>, (thread, seq): (usize, u64)) {
         self.received[thread].push(seq);
     }
 }
@@ -454,7 +488,7 @@ fn some_conn_id() -> ConnId {
     let (hub, mut reports) = Hub::new();
     let mut reactor =
         Reactor::bind(any_local_address(), Config::default(), hub).expect("bind on port 0");
-    let client = connect(reactor.local_addr());
+    let client = connect(reactor.local_addr().expect("a TCP listener"));
     let local = client.local_addr().expect("client local address");
     let deadline = Instant::now() + DEADLINE;
     loop {

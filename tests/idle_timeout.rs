@@ -27,7 +27,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Reports, any_local_address, connect, start, wait_until};
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Echo, Error, Handler, Reactor, TimerId};
+use tcp_reactor::{
+    Addr, CloseReason, Config, ConnId, Context, Echo, Error, Handler, ListenerId, Reactor, TimerId,
+};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -94,7 +96,7 @@ impl Watch {
         }
     }
 
-    fn close(&mut self, cx: &mut Context<'_>, id: ConnId) {
+    fn close(&mut self, cx: &mut Context<'_, <Watch as Handler>::Conn>, id: ConnId) {
         let at = Instant::now();
         cx.close(id);
         let _ = self.seen.send(Seen::Closing { id, at });
@@ -105,7 +107,13 @@ impl Handler for Watch {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
         if self.flood > 0 {
             cx.send(id, &vec![0x5a; self.flood]).expect("flood");
         }
@@ -120,7 +128,13 @@ impl Handler for Watch {
         }
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         // Dots are read and dropped, unanswered.
         let rest: Vec<u8> = data.iter().copied().filter(|&b| b != b'.').collect();
         if rest == b"close" {
@@ -131,7 +145,7 @@ impl Handler for Watch {
         data.len()
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId, _key: u64) {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self::Conn>, timer: TimerId, _key: u64) {
         let Some((id, left)) = self.ticking.get_mut(&timer) else {
             return;
         };
@@ -143,7 +157,13 @@ impl Handler for Watch {
         }
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         let at = Instant::now();
         let _ = self.seen.send(Seen::Close { id, reason, at });
     }

@@ -62,7 +62,7 @@ fn a_steady_ping_pong_of_100_000_messages_allocates_nothing_on_the_reactor_threa
     const MESSAGES: usize = 100_000;
     let mut reactor =
         Reactor::bind(any_local_address(), Config::default(), Echo).expect("bind on port 0");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let phase = Arc::new(AtomicU8::new(RUN));
     let (counts, counted) = mpsc::channel();
     let reactor_phase = Arc::clone(&phase);

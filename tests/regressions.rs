@@ -4,11 +4,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::sync::mpsc::{self, Sender};
 
 use common::{DEADLINE, connect, start};
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler};
+use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Error, Handler, ListenerId};
 
 // tcp-reactor review: input left unconsumed when the handler paused was
 // offered again only with the peer's next bytes, so a request/response
@@ -29,9 +29,22 @@ mod resume {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
 
-        fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self::Conn>,
+            id: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             if data.starts_with(b"RESUME") {
                 for other in self.paused.drain(..) {
                     cx.resume_read(other);
@@ -105,9 +118,22 @@ mod close_then_pause {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
 
-        fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self::Conn>,
+            id: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             let _ = cx.send(id, b"bye");
             cx.close(id);
             // E.g. a "pause everything while busy" sweep that also reaches a
@@ -116,7 +142,13 @@ mod close_then_pause {
             data.len()
         }
 
-        fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            id: ConnId,
+            _: (),
+            reason: CloseReason,
+        ) {
             let _ = self.closed.send((id, format!("{reason:?}")));
         }
     }
@@ -157,11 +189,18 @@ mod half {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
 
         fn on_data(
             &mut self,
-            _cx: &mut Context<'_>,
+            _cx: &mut Context<'_, Self::Conn>,
             _id: ConnId,
             _: &mut (),
             data: &[u8],
@@ -169,12 +208,18 @@ mod half {
             data.len()
         }
 
-        fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
             let _ = cx.send(id, b"bye");
             cx.shutdown_write(id);
         }
 
-        fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _: (),
+            reason: CloseReason,
+        ) {
             let _ = self.closed.send(format!("{reason:?}"));
         }
     }
@@ -227,11 +272,18 @@ mod drain {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
 
         fn on_data(
             &mut self,
-            _cx: &mut Context<'_>,
+            _cx: &mut Context<'_, Self::Conn>,
             _id: ConnId,
             _: &mut (),
             data: &[u8],
@@ -239,12 +291,12 @@ mod drain {
             data.len()
         }
 
-        fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
             let _ = cx.send(id, &vec![7u8; REPLY]);
             cx.close(id);
         }
 
-        fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        fn on_drain(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
             let probe = cx.send(id, b"").map_err(|e| match e {
                 Error::UnknownConnection(_) => "UnknownConnection".to_string(),
                 other => format!("{other:?}"),
@@ -252,7 +304,13 @@ mod drain {
             let _ = self.seen.send(Seen::Drain(probe));
         }
 
-        fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _: (),
+            reason: CloseReason,
+        ) {
             let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
         }
     }
@@ -315,9 +373,22 @@ mod stop {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
 
-        fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self::Conn>,
+            id: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             cx.send(id, &vec![9u8; DUMP]).expect("under max_output");
             cx.close(id); // graceful: flush, then FIN
             cx.stop();
@@ -352,11 +423,10 @@ mod stop {
 // connection gets two budgets in one turn".
 mod one_read_budget_per_turn {
     use std::io::Write;
-    use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
     use crate::common::{DEADLINE, any_local_address};
-    use tcp_reactor::{Config, ConnId, Context, Handler, Reactor};
+    use tcp_reactor::{Addr, Config, ConnId, Context, Handler, ListenerId, Reactor};
 
     const CHUNK: usize = 16;
 
@@ -366,10 +436,17 @@ mod one_read_budget_per_turn {
     impl Handler for Sink {
         type Conn = ();
         type Message = ();
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
         fn on_data(
             &mut self,
-            _cx: &mut Context<'_>,
+            _cx: &mut Context<'_, Self::Conn>,
             _id: ConnId,
             _: &mut (),
             data: &[u8],
@@ -404,7 +481,9 @@ mod one_read_budget_per_turn {
     fn a_carried_connection_with_a_new_event_gets_one_budget_per_turn() {
         let config = Config::default().reads_per_turn(1).read_chunk(CHUNK);
         let mut reactor = Reactor::bind(any_local_address(), config, Sink).expect("bind");
-        let mut client = std::net::TcpStream::connect(reactor.local_addr()).expect("connect");
+        let mut client =
+            std::net::TcpStream::connect(reactor.local_addr().expect("a TCP listener"))
+                .expect("connect");
         turns_until(&mut reactor, |r| r.stats().accepted == 1);
 
         // 4 chunks: the first turn reads one and carries the connection over.
@@ -428,11 +507,10 @@ mod one_read_budget_per_turn {
 // as the peer's FIN has not arrived: the fix only skips finished ones.
 mod no_drain_for_a_closing_connection {
     use std::io::Read;
-    use std::net::SocketAddr;
     use std::sync::mpsc::Sender;
 
     use crate::common::{Reports, connect, start};
-    use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler};
+    use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Error, Handler, ListenerId};
 
     const REPLY: usize = 12 * 1024 * 1024;
 
@@ -452,14 +530,20 @@ mod no_drain_for_a_closing_connection {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+        fn on_open(
+            &mut self,
+            cx: &mut Context<'_, Self::Conn>,
+            id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
             cx.send(id, &vec![5u8; REPLY]).expect("under max_output");
             cx.close(id);
         }
 
         fn on_data(
             &mut self,
-            _cx: &mut Context<'_>,
+            _cx: &mut Context<'_, Self::Conn>,
             _id: ConnId,
             _: &mut (),
             data: &[u8],
@@ -467,7 +551,7 @@ mod no_drain_for_a_closing_connection {
             data.len()
         }
 
-        fn on_drain(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+        fn on_drain(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
             let probe = match cx.send(id, b"x") {
                 Ok(()) => "Ok".to_string(),
                 Err(Error::WriteClosed(_)) => "WriteClosed".to_string(),
@@ -477,7 +561,13 @@ mod no_drain_for_a_closing_connection {
             let _ = self.seen.send(Seen::Drain(probe));
         }
 
-        fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _: (),
+            reason: CloseReason,
+        ) {
             let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
         }
     }
@@ -520,11 +610,10 @@ mod no_drain_for_a_closing_connection {
 // without checking that anything more is waiting.
 mod exactly_max_input_is_not_an_overflow {
     use std::io::{Read, Write};
-    use std::net::SocketAddr;
     use std::sync::mpsc::Sender;
 
     use crate::common::{Reports, connect, start};
-    use tcp_reactor::{CloseReason, Config, ConnId, Context, Handler};
+    use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Handler, ListenerId};
 
     const MAX_INPUT: usize = 10;
 
@@ -544,9 +633,22 @@ mod exactly_max_input_is_not_an_overflow {
         type Conn = ();
         type Message = ();
 
-        fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+        fn on_open(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _peer: &Addr,
+            _listener: ListenerId,
+        ) {
+        }
 
-        fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+        fn on_data(
+            &mut self,
+            cx: &mut Context<'_, Self::Conn>,
+            id: ConnId,
+            _: &mut (),
+            data: &[u8],
+        ) -> usize {
             if data.first() == Some(&b'H') {
                 let _ = self.seen.send(Seen::Held(data.len()));
                 return 0;
@@ -555,7 +657,13 @@ mod exactly_max_input_is_not_an_overflow {
             data.len()
         }
 
-        fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+        fn on_close(
+            &mut self,
+            _cx: &mut Context<'_, Self::Conn>,
+            _id: ConnId,
+            _: (),
+            reason: CloseReason,
+        ) {
             let _ = self.seen.send(Seen::Close(format!("{reason:?}")));
         }
     }
@@ -601,11 +709,11 @@ mod exactly_max_input_is_not_an_overflow {
 // bytes will arrive") with bytes the handler already saw and left.
 mod no_data_after_eof {
     use std::io::{Read, Write};
-    use std::net::{Shutdown, SocketAddr};
+    use std::net::Shutdown;
     use std::sync::mpsc::Sender;
 
     use crate::common::{Reports, connect, start};
-    use tcp_reactor::{CloseReason, Config, ConnId, Context, Handler};
+    use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Handler, ListenerId};
 
     #[derive(Debug)]
     enum Seen {
@@ -641,13 +749,19 @@ mod no_data_after_eof {
             type Conn = bool;
             type Message = ();
 
-            fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) -> bool {
+            fn on_open(
+                &mut self,
+                _cx: &mut Context<'_, Self::Conn>,
+                _id: ConnId,
+                _peer: &Addr,
+                _listener: ListenerId,
+            ) -> bool {
                 false
             }
 
             fn on_data(
                 &mut self,
-                _cx: &mut Context<'_>,
+                _cx: &mut Context<'_, Self::Conn>,
                 _id: ConnId,
                 eof: &mut bool,
                 data: &[u8],
@@ -659,13 +773,13 @@ mod no_data_after_eof {
                 whole_lines(data)
             }
 
-            fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, eof: &mut bool) {
+            fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, eof: &mut bool) {
                 *eof = true;
                 let _ = self.seen.send(Seen::Eof);
                 cx.send(id, &vec![b'r'; REPLY]).expect("under max_output");
             }
 
-            fn on_drain(&mut self, cx: &mut Context<'_>, _id: ConnId, _eof: &mut bool) {
+            fn on_drain(&mut self, cx: &mut Context<'_, Self::Conn>, _id: ConnId, _eof: &mut bool) {
                 let _ = self.seen.send(Seen::Drain);
                 // The end of this turn is the sync point: any re-offer of this
                 // turn has been reported before on_close (Stopped).
@@ -674,7 +788,7 @@ mod no_data_after_eof {
 
             fn on_close(
                 &mut self,
-                _cx: &mut Context<'_>,
+                _cx: &mut Context<'_, Self::Conn>,
                 _id: ConnId,
                 _: bool,
                 reason: CloseReason,
@@ -742,13 +856,19 @@ mod no_data_after_eof {
             type Conn = bool;
             type Message = ();
 
-            fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) -> bool {
+            fn on_open(
+                &mut self,
+                _cx: &mut Context<'_, Self::Conn>,
+                _id: ConnId,
+                _peer: &Addr,
+                _listener: ListenerId,
+            ) -> bool {
                 false
             }
 
             fn on_data(
                 &mut self,
-                cx: &mut Context<'_>,
+                cx: &mut Context<'_, Self::Conn>,
                 id: ConnId,
                 eof: &mut bool,
                 data: &[u8],
@@ -771,7 +891,7 @@ mod no_data_after_eof {
                 whole_lines(data)
             }
 
-            fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, eof: &mut bool) {
+            fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, eof: &mut bool) {
                 *eof = true;
                 let _ = self.seen.send(Seen::Eof);
                 cx.pause_read(id);
@@ -780,7 +900,7 @@ mod no_data_after_eof {
 
             fn on_close(
                 &mut self,
-                _cx: &mut Context<'_>,
+                _cx: &mut Context<'_, Self::Conn>,
                 _id: ConnId,
                 _: bool,
                 reason: CloseReason,

@@ -6,19 +6,18 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
 use common::{DEADLINE, connect, start};
 use socket2::SockRef;
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Echo, Handler};
+use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Echo, Handler, ListenerId};
 
 /// What the handler saw of one connection.
 #[derive(Debug)]
 enum Seen {
     /// `peer_addr` asked in `on_open`: the address, or the error's text.
-    Open(ConnId, Result<SocketAddr, String>),
+    Open(ConnId, Result<Addr, String>),
     Close(ConnId, String),
 }
 
@@ -30,16 +29,34 @@ impl Handler for Probe {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
         let addr = cx.peer_addr(id).map_err(|e| e.to_string());
         let _ = self.0.send(Seen::Open(id, addr));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, conn: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        conn: &mut (),
+        data: &[u8],
+    ) -> usize {
         Echo.on_data(cx, id, conn, data)
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _conn: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _conn: (),
+        reason: CloseReason,
+    ) {
         let _ = self.0.send(Seen::Close(id, format!("{reason:?}")));
     }
 }
@@ -98,9 +115,10 @@ fn a_peer_that_resets_in_the_backlog_is_closed_alone() {
     while let Ok(Seen::Open(id, addr)) = rx.try_recv() {
         opens.push((id, addr));
     }
-    let doomed_open = opens
-        .iter()
-        .find(|(_, addr)| addr.as_ref().map_or(true, |a| a.port() == doomed_port));
+    let doomed_open = opens.iter().find(|(_, addr)| {
+        addr.as_ref()
+            .map_or(true, |a| a.as_tcp().is_none_or(|a| a.port() == doomed_port))
+    });
     match doomed_open {
         // Accepted after the reset: getpeername may fail (ENOTCONN), which
         // is an error value, not a panic; the connection closes as reset.

@@ -5,13 +5,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::thread;
 
 use common::{any_local_address, connect, wait_until};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::low_level::raise;
-use tcp_reactor::{Config, ConnId, Context, Handler, Reactor};
+use tcp_reactor::{Addr, Config, ConnId, Context, Handler, ListenerId, Reactor};
 
 /// Sends each new connection 8 MiB, more than the kernel holds: a client
 /// that does not read keeps a graceful stop draining.
@@ -21,11 +20,23 @@ impl Handler for Flood {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
         cx.send(id, &vec![7; 8 << 20]).expect("the flood");
     }
 
-    fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         data.len()
     }
 }
@@ -47,7 +58,7 @@ fn a_first_signal_drains_a_second_stops_at_once_and_no_thread_is_started() {
         .expect("a second call does nothing");
     assert_eq!(threads(), before, "stop_on_signals started a thread");
 
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let stats = reactor.stats_reader();
     let running = thread::spawn(move || {
         let report = reactor.run().expect("run");

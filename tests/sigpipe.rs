@@ -20,7 +20,7 @@
 mod common;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use common::{DEADLINE, any_local_address, connect};
 use socket2::SockRef;
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler, Reactor};
+use tcp_reactor::{
+    Addr, CloseReason, Config, ConnId, Context, Error, Handler, ListenerId, Reactor,
+};
 
 /// The test the child process runs.
 const CHILD: &str = "child_sends_to_a_peer_that_has_gone";
@@ -62,16 +64,29 @@ impl Handler for SendUntilGone {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
+    }
 
-    fn on_data(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         data.len()
     }
 
     /// Does not close: sends, one byte at a time, until the reactor has
     /// met the reset. Usually the reset is in before the first send
     /// returns (loopback delivers it at once) and the second send fails.
-    fn on_eof(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut ()) {
+    fn on_eof(&mut self, cx: &mut Context<'_, Self::Conn>, id: ConnId, _: &mut ()) {
         let deadline = Instant::now() + CHILD_DEADLINE;
         loop {
             assert!(
@@ -97,7 +112,13 @@ impl Handler for SendUntilGone {
         }
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, _id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         self.closed = Some(reason);
     }
 }
@@ -122,7 +143,7 @@ fn child_sends_to_a_peer_that_has_gone() {
     )
     .expect("bind");
     // Nothing unread at the client, so closing sends FIN, not a reset.
-    drop(connect(reactor.local_addr()));
+    drop(connect(reactor.local_addr().expect("a TCP listener")));
     let deadline = Instant::now() + CHILD_DEADLINE;
     while reactor.handler().closed.is_none() {
         assert!(

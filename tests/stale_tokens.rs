@@ -13,7 +13,9 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
 use common::{DEADLINE, any_local_address, connect, proc_addr, wait_until};
-use tcp_reactor::{CloseReason, Config, ConnId, Context, Error, Handler, Reactor};
+use tcp_reactor::{
+    Addr, CloseReason, Config, ConnId, Context, Error, Handler, ListenerId, Reactor,
+};
 
 /// One `run_once` wait: short, so a condition that is not met yet is
 /// re-checked often; the overall wait is bounded by [`DEADLINE`].
@@ -87,12 +89,24 @@ impl Handler for AbortOther {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, id: ConnId, peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        peer: &Addr,
+        _listener: ListenerId,
+    ) {
         self.opened.push(id);
-        self.peers.push(peer);
+        self.peers.push(peer.as_tcp().expect("a TCP peer"));
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         self.data.push((id, data.to_vec()));
         if self.aborted.is_none() {
             if let Some(&other) = self.opened.iter().find(|&&o| o != id) {
@@ -104,7 +118,13 @@ impl Handler for AbortOther {
         data.len()
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         self.closes.push((id, format!("{reason:?}")));
     }
 }
@@ -116,7 +136,7 @@ fn an_event_in_the_same_batch_for_a_connection_aborted_in_it_is_dropped() {
     let config = Config::default().event_capacity(2);
     let mut reactor =
         Reactor::bind(any_local_address(), config, AbortOther::default()).expect("bind on port 0");
-    let server = reactor.local_addr();
+    let server = reactor.local_addr().expect("a TCP listener");
 
     let mut a = connect(server);
     let mut b = connect(server);
@@ -216,13 +236,16 @@ struct StaleCaller {
 }
 
 impl StaleCaller {
-    fn poke_the_dead(&mut self, cx: &mut Context<'_>) {
+    fn poke_the_dead(&mut self, cx: &mut Context<'_, <StaleCaller as Handler>::Conn>) {
         let dead: Vec<ConnId> = self.closed.iter().map(|(id, _)| *id).collect();
         for old in dead {
             let sent = cx.send(old, b"meant for the closed connection");
             self.stale_sends.push((old, sent));
-            self.stale_queries
-                .push((old, cx.pending_output(old), cx.peer_addr(old)));
+            self.stale_queries.push((
+                old,
+                cx.pending_output(old),
+                cx.peer_addr(old).map(|a| a.as_tcp().expect("a TCP peer")),
+            ));
             cx.pause_read(old);
             cx.shutdown_write(old);
             cx.close(old);
@@ -235,18 +258,36 @@ impl Handler for StaleCaller {
     type Conn = ();
     type Message = ();
 
-    fn on_open(&mut self, cx: &mut Context<'_>, id: ConnId, _peer: SocketAddr) {
+    fn on_open(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
         self.opened.push(id);
         self.poke_the_dead(cx);
     }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         self.poke_the_dead(cx);
         cx.send(id, data).expect("echo to a live connection");
         data.len()
     }
 
-    fn on_close(&mut self, _cx: &mut Context<'_>, id: ConnId, _: (), reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: (),
+        reason: CloseReason,
+    ) {
         self.closed.push((id, format!("{reason:?}")));
     }
 }
@@ -259,7 +300,7 @@ fn calls_with_a_closed_id_never_reach_the_next_tenant_of_its_slot() {
         StaleCaller::default(),
     )
     .expect("bind on port 0");
-    let server = reactor.local_addr();
+    let server = reactor.local_addr().expect("a TCP listener");
 
     // `old` takes a slot, a bystander the next one.
     let old_client = connect(server);

@@ -24,7 +24,7 @@ fn echo(reactor: &mut Reactor<Echo>, client: &mut std::net::TcpStream, data: &[u
 #[test]
 fn a_reader_taken_late_starts_from_the_current_counters_and_follows_later_turns() {
     let mut reactor = Reactor::bind(any_local_address(), Config::default(), Echo).expect("bind");
-    let mut client = connect(reactor.local_addr());
+    let mut client = connect(reactor.local_addr().expect("a TCP listener"));
     echo(&mut reactor, &mut client, b"hello");
 
     // Nothing was published while there was no reader; this one must not

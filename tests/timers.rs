@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use common::{Plan, Reports, any_local_address, drive_until, run_echo_clients, wait_until};
 use tcp_reactor::{
-    Config, ConnId, Context, Error, Handle, Handler, Reactor, StatsReader, StopReport, TimerId,
+    Addr, Config, ConnId, Context, Error, Handle, Handler, ListenerId, Reactor, StatsReader,
+    StopReport, TimerId,
 };
 
 fn ms(n: u64) -> Duration {
@@ -134,7 +135,11 @@ struct Clockwork {
 }
 
 impl Clockwork {
-    fn new(react: impl FnMut(&mut Context<'_>, &mut Log, Fired) + Send + 'static) -> Clockwork {
+    fn new(
+        react: impl FnMut(&mut Context<'_, <Clockwork as Handler>::Conn>, &mut Log, Fired)
+        + Send
+        + 'static,
+    ) -> Clockwork {
         Clockwork {
             log: Log::default(),
             react: Box::new(react),
@@ -158,14 +163,27 @@ impl Handler for Clockwork {
     type Conn = ();
     type Message = Cmd;
 
-    fn on_open(&mut self, _cx: &mut Context<'_>, _id: ConnId, _peer: SocketAddr) {}
+    fn on_open(
+        &mut self,
+        _cx: &mut Context<'_, Self::Conn>,
+        _id: ConnId,
+        _peer: &Addr,
+        _listener: ListenerId,
+    ) {
+    }
 
-    fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_, Self::Conn>,
+        id: ConnId,
+        _: &mut (),
+        data: &[u8],
+    ) -> usize {
         let _ = cx.send(id, data);
         data.len()
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId, key: u64) {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self::Conn>, timer: TimerId, key: u64) {
         let fired = Fired {
             timer,
             key,
@@ -178,7 +196,7 @@ impl Handler for Clockwork {
         (self.react)(cx, &mut self.log, fired);
     }
 
-    fn on_message(&mut self, cx: &mut Context<'_>, message: Cmd) {
+    fn on_message(&mut self, cx: &mut Context<'_, Self::Conn>, message: Cmd) {
         let mut count = 0;
         match message {
             Cmd::Arm(timers) => {
@@ -239,7 +257,7 @@ struct Running {
 
 fn spawn_run(mut reactor: Reactor<Clockwork>) -> Running {
     let handle = reactor.handle();
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let stats = reactor.stats_reader();
     let thread = std::thread::spawn(move || {
         let result = reactor.run();

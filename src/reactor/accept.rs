@@ -2,64 +2,64 @@
 //! resource errors, and setting up each new socket.
 
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::mem;
 
-use mio::Interest;
-use mio::net::TcpStream;
-use mio::unix::SourceFd;
-use socket2::{Socket, TcpKeepalive};
+use socket2::Socket;
 
-use crate::stop::StopRequest;
-use crate::timer::{Tick, deadline_after};
-use crate::{Context, Handler, Keepalive};
+use crate::engine::Origin;
+use crate::id::EndpointKey;
+use crate::timer::deadline_after;
+use crate::{Addr, Context, Handler, ListenerId};
 
 use super::Core;
 
-/// Where accepting stands. The listener is edge-triggered too: once told
-/// readable, we must accept until `WouldBlock` or we are never told again.
-#[derive(Debug, Default)]
-pub(super) struct AcceptState {
-    /// Connections may be waiting in the kernel backlog.
-    pub(super) pending: bool,
-    /// Accepting paused after a resource error (`EMFILE` ...) until then, or
-    /// until a connection closes and frees a descriptor.
-    pub(super) paused_until: Option<Tick>,
-    /// A resource error was logged at warn level in this episode; repeats
-    /// go to debug so a sustained `EMFILE` does not flood the logs.
-    warned: bool,
-}
-
 impl<H: Handler> Core<H> {
-    pub(super) fn below_max_connections(&self) -> bool {
-        self.table.conns.len() < self.config.max_connections
+    /// Step 5: accept from each listener with connections waiting, within
+    /// the turn's budget for each, while below `max_connections` and not
+    /// paused by a resource error.
+    pub(super) fn accept_connections(&mut self) {
+        let mut keys = mem::take(&mut self.listener_keys);
+        keys.clear();
+        keys.extend(self.engine.endpoints.listener_keys());
+        let mut pending = false;
+        for &key in &keys {
+            self.accept_from(key);
+            pending |= self
+                .engine
+                .endpoints
+                .listener_mut(key)
+                .is_some_and(|entry| entry.pending);
+        }
+        self.engine.accept.pending = pending;
+        self.listener_keys = keys;
     }
 
-    /// Step 5: accept within the turn's budget, while below
-    /// `max_connections` and not paused by a resource error.
-    pub(super) fn accept_connections(&mut self) {
-        let mut budget = self.config.accepts_per_turn;
-        while self.accept.pending
-            && budget > 0
-            && self.below_max_connections()
-            && self.table.stop_request == StopRequest::None
+    fn accept_from(&mut self, key: EndpointKey) {
+        let mut budget = self.engine.config.accepts_per_turn;
+        while budget > 0
+            && self.engine.below_max_connections()
+            && !self.engine.table.stop.is_requested()
         {
-            if let Some(until) = self.accept.paused_until {
-                if self.table.clock.read() < until {
+            if let Some(until) = self.engine.accept.paused_until {
+                if self.engine.table.clock.read() < until {
                     return;
                 }
-                self.accept.paused_until = None;
+                self.engine.accept.paused_until = None;
             }
-            let Some(listener) = &self.listener else {
+            let Some(entry) = self.engine.endpoints.listener_mut(key) else {
                 return;
             };
+            if !entry.pending {
+                return;
+            }
             budget -= 1;
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    self.accept.warned = false;
-                    self.open(stream, peer);
+            match entry.listener.accept() {
+                Ok((socket, peer)) => {
+                    let (tcp, nodelay) = (entry.listener.is_tcp(), entry.nodelay);
+                    self.engine.accept.warned = false;
+                    self.open(socket, peer, tcp && nodelay, tcp, ListenerId(key));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.accept.pending = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => entry.pending = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.accept_failed(e),
             }
@@ -73,7 +73,7 @@ impl<H: Handler> Core<H> {
     /// returning it would kill the server for a peer's flood.
     #[cold]
     fn accept_failed(&mut self, e: io::Error) {
-        self.table.stats.accept_errors += 1;
+        self.engine.table.stats.accept_errors += 1;
         let peer_gone = matches!(
             e.kind(),
             io::ErrorKind::ConnectionAborted
@@ -92,86 +92,36 @@ impl<H: Handler> Core<H> {
     /// Pauses accepting for `accept_backoff`, or until a connection closes.
     #[cold]
     fn pause_accepting(&mut self, op: &str, e: &io::Error) {
-        let backoff = self.config.accept_backoff;
-        if self.accept.warned {
+        let backoff = self.engine.config.accept_backoff;
+        if self.engine.accept.warned {
             log::debug!("{op}: {e}; pausing accepts for {backoff:?}");
         } else {
             log::warn!("{op}: {e}; pausing accepts for {backoff:?} or until a connection closes");
-            self.accept.warned = true;
+            self.engine.accept.warned = true;
         }
         // A backoff too long for the clock saturates: until a close.
-        let now = self.table.clock.read();
-        self.accept.paused_until = Some(deadline_after(now, backoff));
+        let now = self.engine.table.clock.read();
+        self.engine.accept.paused_until = Some(deadline_after(now, backoff));
     }
 
     /// Sets up an accepted socket and gives it to the handler.
-    fn open(&mut self, stream: TcpStream, peer: SocketAddr) {
-        // Held as a socket2 socket from here on (see `Conn::socket`).
-        let socket = Socket::from(OwnedFd::from(stream));
-        if self.config.nodelay {
-            if let Err(e) = socket.set_tcp_nodelay(true) {
-                log::debug!("TCP_NODELAY for {peer}: {e}");
+    fn open(&mut self, socket: Socket, peer: Addr, nodelay: bool, tcp: bool, listener: ListenerId) {
+        let id = match self
+            .engine
+            .add_connection(socket, tcp, nodelay, Origin::Accepted)
+        {
+            Ok(id) => id,
+            Err(e) => {
+                // ENOMEM or ENOSPC (max_user_watches): as short of resources
+                // as EMFILE, and accepting more would only fail the same way.
+                self.engine.table.stats.accept_errors += 1;
+                self.pause_accepting(&format!("epoll_ctl(ADD) for {peer} (dropped)"), &e);
+                return;
             }
-        }
-        if let Some(keepalive) = &self.config.keepalive {
-            if let Err(e) = socket.set_tcp_keepalive(&tcp_keepalive(keepalive)) {
-                log::debug!("TCP keepalive for {peer}: {e}");
-            }
-        }
-        // Urgent data stays in the byte stream: no byte silently vanishes,
-        // and the reactor never needs MSG_OOB.
-        if let Err(e) = socket.set_out_of_band_inline(true) {
-            log::debug!("SO_OOBINLINE for {peer}: {e}");
-        }
-        #[cfg(target_vendor = "apple")]
-        if let Err(e) = socket.set_nosigpipe(true) {
-            log::debug!("SO_NOSIGPIPE for {peer}: {e}");
-        }
-        let id = self.table.next_id();
-        // Registered once for everything, never re-registered: edge-triggered
-        // writable costs nothing while idle, and the hot path makes no
-        // epoll_ctl call.
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&socket.as_raw_fd()),
-            id.token(),
-            interest(),
-        ) {
-            // ENOMEM or ENOSPC (max_user_watches): as short of resources as
-            // EMFILE, and accepting more would only fail the same way.
-            self.table.stats.accept_errors += 1;
-            self.pause_accepting(&format!("epoll_ctl(ADD) for {peer} (dropped)"), &e);
-            return;
-        }
-        let inserted = self.table.insert(socket);
-        debug_assert_eq!(inserted, id);
-        let index = id.index();
-        if self.user.len() <= index {
-            self.user.resize_with(index + 1, || None);
-        }
+        };
         let state = self
             .handler
-            .on_open(&mut Context::new(&mut self.table), id, peer);
-        self.user[index] = Some(state);
+            .on_open(&mut Context::new(&mut self.engine), id, &peer, listener);
+        self.engine.states[id.index()] = Some(state);
     }
-}
-
-/// `SO_KEEPALIVE` with the probe times and count, where the OS lets them be
-/// set per socket (everywhere but OpenBSD, which has the idle time only).
-fn tcp_keepalive(keepalive: &Keepalive) -> TcpKeepalive {
-    let params = TcpKeepalive::new().with_time(keepalive.idle);
-    #[cfg(not(target_os = "openbsd"))]
-    let params = params
-        .with_interval(keepalive.interval)
-        .with_retries(keepalive.retries);
-    params
-}
-
-/// Readable and writable, plus urgent data where the OS reports it apart
-/// (Linux `EPOLLPRI`), so a read stopped short at the urgent mark is
-/// finished rather than mistaken for drained.
-fn interest() -> Interest {
-    let both = Interest::READABLE | Interest::WRITABLE;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let both = both | Interest::PRIORITY;
-    both
 }

@@ -15,17 +15,38 @@ impl<H: Handler> Core<H> {
     /// resumes (and unconsumed input is offered again) in `read_connection`.
     #[cold]
     pub(super) fn drained(&mut self, id: ConnId) {
-        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
-            self.handler
-                .on_drain(&mut Context::new(&mut self.table), id, user);
+        self.with_state(id, |handler, cx, state| handler.on_drain(cx, id, state));
+    }
+
+    /// Calls `f` with the handler, a `Context` and `id`'s state, moved out
+    /// of its slot for the call (so the `Context` can reach every other
+    /// connection's state) and put back after. Nothing for a connection
+    /// with no state (before `on_open`, after `on_close`).
+    #[inline(always)]
+    pub(super) fn with_state<R>(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut H, &mut Context<'_, H::Conn>, &mut H::Conn) -> R,
+    ) -> Option<R> {
+        let index = id.index();
+        let mut state = self.engine.states.get_mut(index).and_then(Option::take)?;
+        let result = f(
+            &mut self.handler,
+            &mut Context::new(&mut self.engine),
+            &mut state,
+        );
+        // `states` never shrinks: the slot is still there.
+        if let Some(slot) = self.engine.states.get_mut(index) {
+            *slot = Some(state);
         }
+        Some(result)
     }
 
     /// Reads while the connection has data, nothing stops reading and the
     /// turn's budget lasts; one read per edge unless a read fills its buffer.
     pub(super) fn read_connection(&mut self, id: ConnId, mut budget: usize) {
         loop {
-            let Some(conn) = live_mut(&mut self.table.conns, id) else {
+            let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
                 return;
             };
             if conn.has(flag::REOFFER) {
@@ -37,11 +58,11 @@ impl<H: Handler> Core<H> {
                 return;
             }
             if budget == 0 {
-                self.table.push_ready(id);
+                self.engine.table.push_ready(id);
                 return;
             }
             budget -= 1;
-            let limits = &self.table.limits;
+            let limits = &self.engine.table.limits;
             let limit = match conn.bufs.as_deref() {
                 // Nothing waits either way: the whole room, straight into
                 // the scratch buffer.
@@ -81,7 +102,7 @@ impl<H: Handler> Core<H> {
         limit: usize,
         result: io::Result<usize>,
     ) -> bool {
-        let Some(conn) = live_mut(&mut self.table.conns, id) else {
+        let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
             return false;
         };
         match result {
@@ -90,8 +111,8 @@ impl<H: Handler> Core<H> {
                 false
             }
             Ok(n) => {
-                self.table.stats.bytes_in += n as u64;
-                conn.last_active = self.table.clock.now_ms;
+                self.engine.table.stats.bytes_in += n as u64;
+                conn.last_active = self.engine.table.clock.now_ms;
                 let drained = n < limit && !conn.has(flag::DRAIN_TO_END);
                 if drained {
                     // Short read: drained. Edge-triggered polling will report
@@ -116,7 +137,7 @@ impl<H: Handler> Core<H> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
             Err(e) => {
-                self.table.fail(id, e);
+                self.engine.table.fail(id, e);
                 false
             }
         }
@@ -128,19 +149,39 @@ impl<H: Handler> Core<H> {
     // `Ok` (the `Result` would be dropped out of line).
     #[inline(always)]
     pub(super) fn deliver(&mut self, id: ConnId, n: usize) {
-        let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) else {
+        let index = id.index();
+        let Some(mut state) = self.engine.states.get_mut(index).and_then(Option::take) else {
             return;
         };
         let data = &self.scratch[..n];
         let consumed = self
             .handler
-            .on_data(&mut Context::new(&mut self.table), id, user, data)
+            .on_data(&mut Context::new(&mut self.engine), id, &mut state, data)
             .min(n);
-        if consumed < n && self.table.get(id).is_some_and(|c| !c.has(flag::CLOSING)) {
-            self.table
-                .buffers(id)
-                .input
-                .extend_from_slice(&data[consumed..]);
+        // `states` never shrinks: the slot is still there.
+        if let Some(slot) = self.engine.states.get_mut(index) {
+            *slot = Some(state);
+        }
+        if consumed < n {
+            self.keep_unconsumed(id, consumed, n);
+        }
+    }
+
+    /// What the handler left unconsumed (`scratch[consumed..n]`) is kept
+    /// and offered again; and if
+    /// output is queued, reading waits for it (see `wait_for_output`).
+    #[cold]
+    #[inline(never)]
+    fn keep_unconsumed(&mut self, id: ConnId, consumed: usize, n: usize) {
+        if self
+            .engine
+            .table
+            .get(id)
+            .is_some_and(|c| !c.has(flag::CLOSING))
+        {
+            let rest = &self.scratch[consumed..n];
+            self.engine.table.buffers(id).input.extend_from_slice(rest);
+            self.engine.table.wait_for_output(id);
         }
     }
 
@@ -149,7 +190,7 @@ impl<H: Handler> Core<H> {
     /// nothing more.
     #[cold]
     fn reoffer_input(&mut self, id: ConnId) {
-        let Some(conn) = self.table.get_mut(id) else {
+        let Some(conn) = self.engine.table.get_mut(id) else {
             return;
         };
         if !conn.has(flag::REOFFER) {
@@ -159,7 +200,7 @@ impl<H: Handler> Core<H> {
         // After the peer's FIN, `on_eof` has said the last word on input.
         let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::CLOSING | flag::READ_CLOSED;
         if conn.has_input() && !conn.has(stopped) {
-            let input = mem::take(&mut self.table.buffers(id).input);
+            let input = mem::take(&mut self.engine.table.buffers(id).input);
             self.offer_input(id, input);
         }
     }
@@ -169,17 +210,20 @@ impl<H: Handler> Core<H> {
     #[cold]
     #[inline(never)]
     fn offer_input(&mut self, id: ConnId, mut input: Vec<u8>) {
-        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
-            let consumed = self
-                .handler
-                .on_data(&mut Context::new(&mut self.table), id, user, &input)
-                .min(input.len());
-            input.drain(..consumed);
-        }
+        let consumed = self.with_state(id, |handler, cx, state| {
+            handler.on_data(cx, id, state, &input)
+        });
+        input.drain(..consumed.unwrap_or(0).min(input.len()));
         // Put the leftover back unless the connection closed meanwhile.
-        if self.table.get(id).is_some_and(|c| !c.has(flag::CLOSING)) {
-            self.table.buffers(id).input = input;
-            self.table.release_buffers_if_empty(id);
+        if self
+            .engine
+            .table
+            .get(id)
+            .is_some_and(|c| !c.has(flag::CLOSING))
+        {
+            self.engine.table.buffers(id).input = input;
+            self.engine.table.release_buffers_if_empty(id);
+            self.engine.table.wait_for_output(id);
         }
     }
 
@@ -188,21 +232,21 @@ impl<H: Handler> Core<H> {
     #[cold]
     #[inline(never)]
     fn read_after_leftover(&mut self, id: ConnId, limit: usize) -> bool {
-        let mut input = mem::take(&mut self.table.buffers(id).input);
+        let mut input = mem::take(&mut self.engine.table.buffers(id).input);
         let start = input.len();
         input.resize(start + limit, 0);
-        let conn = &mut self.table.conns[id.index()];
+        let conn = &mut self.engine.table.conns[id.index()];
         let result = conn.read(&mut input[start..]);
         input.truncate(start + *result.as_ref().unwrap_or(&0));
         match result {
             Ok(0) => {
-                self.table.buffers(id).input = input;
+                self.engine.table.buffers(id).input = input;
                 self.peer_eof(id);
                 false
             }
             Ok(n) => {
-                self.table.stats.bytes_in += n as u64;
-                conn.last_active = self.table.clock.now_ms;
+                self.engine.table.stats.bytes_in += n as u64;
+                conn.last_active = self.engine.table.clock.now_ms;
                 if n < limit && !conn.has(flag::DRAIN_TO_END) {
                     conn.flags &= !flag::READABLE;
                 }
@@ -210,15 +254,15 @@ impl<H: Handler> Core<H> {
                 true
             }
             Err(e) => {
-                self.table.buffers(id).input = input;
+                self.engine.table.buffers(id).input = input;
                 match e.kind() {
                     io::ErrorKind::Interrupted => true,
                     io::ErrorKind::WouldBlock => {
-                        self.table.conns[id.index()].mark_drained();
+                        self.engine.table.conns[id.index()].mark_drained();
                         false
                     }
                     _ => {
-                        self.table.fail(id, e);
+                        self.engine.table.fail(id, e);
                         false
                     }
                 }
@@ -231,14 +275,14 @@ impl<H: Handler> Core<H> {
     /// room left, and then nothing more may come).
     #[cold]
     fn input_full(&mut self, id: ConnId) {
-        let conn = &mut self.table.conns[id.index()];
+        let conn = &mut self.engine.table.conns[id.index()];
         match conn.socket.peek(&mut [MaybeUninit::uninit()]) {
             Ok(0) => self.peer_eof(id),
             Ok(_) => self.input_overflow(id),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.mark_drained(),
             // Still readable: peek again next turn.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.table.push_ready(id),
-            Err(e) => self.table.fail(id, e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.engine.table.push_ready(id),
+            Err(e) => self.engine.table.fail(id, e),
         }
     }
 
@@ -248,32 +292,31 @@ impl<H: Handler> Core<H> {
     fn input_overflow(&mut self, id: ConnId) {
         log::debug!(
             "conn {id}: more than {} bytes of unconsumed input",
-            self.table.limits.max_input
+            self.engine.table.limits.max_input
         );
-        self.table.stats.limit_closes += 1;
-        self.table.drop_connection(id, CloseReason::InputLimit);
+        self.engine.table.stats.limit_closes += 1;
+        self.engine
+            .table
+            .drop_connection(id, CloseReason::InputLimit);
     }
 
     /// `read` returned 0: the peer's FIN.
     fn peer_eof(&mut self, id: ConnId) {
-        let Some(conn) = self.table.get_mut(id) else {
+        let Some(conn) = self.engine.table.get_mut(id) else {
             return;
         };
         conn.flags |= flag::READ_CLOSED;
         conn.mark_drained();
         if conn.has(flag::CLOSING) {
-            self.table.progress_shutdown(id);
+            self.engine.table.progress_shutdown(id);
             return;
         }
         if !conn.has(flag::SHUTDOWN_PENDING) {
             conn.flags |= flag::PEER_CLOSED_FIRST;
         }
-        if let Some(user) = self.user.get_mut(id.index()).and_then(Option::as_mut) {
-            self.handler
-                .on_eof(&mut Context::new(&mut self.table), id, user);
-        }
+        self.with_state(id, |handler, cx, state| handler.on_eof(cx, id, state));
         // Our FIN may already be out (`shutdown_write`): then both ways are
         // closed and the connection is done.
-        self.table.progress_shutdown(id);
+        self.engine.table.progress_shutdown(id);
     }
 }

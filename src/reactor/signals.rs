@@ -58,7 +58,7 @@ impl<H: Handler> Reactor<H> {
     pub fn stop_on_signals(&mut self) -> Result<(), Error> {
         let core = &mut self.core;
         if core.signals.is_none() {
-            let pipe = SignalPipe::install(core.poll.registry())
+            let pipe = SignalPipe::install(core.engine.poll.registry())
                 .map_err(|source| Error::Signals { source })?;
             core.signals = Some(pipe);
         }
@@ -75,13 +75,13 @@ impl<H: Handler> Core<H> {
             return;
         };
         let (before, now) = pipe.take();
-        self.table.stats.signals = now;
+        self.engine.table.stats.signals = now;
         let request = match (before, now) {
             (_, 0) => StopRequest::None,
             (0, 1) => StopRequest::Graceful,
             _ => StopRequest::Now,
         };
-        self.table.request_stop(request);
+        self.engine.table.request_stop(request);
     }
 }
 

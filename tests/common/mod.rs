@@ -140,7 +140,7 @@ where
     H::Message: Send,
 {
     let mut reactor = Reactor::bind(any_local_address(), config, handler).expect("bind on port 0");
-    let addr = reactor.local_addr();
+    let addr = reactor.local_addr().expect("a TCP listener");
     let stats = reactor.stats_reader();
     let handle = reactor.handle();
     let thread = std::thread::spawn(move || {
