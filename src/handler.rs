@@ -17,8 +17,10 @@ use crate::{Addr, ConnId, ConnectError, Context, ListenerId, SourceId, TimerId};
 /// returns, never inside another callback, and an id is never reused for
 /// another connection.
 pub trait Handler: Sized {
-    /// Per-connection state the handler keeps, stored in the reactor's slab
-    /// beside the socket. Use `()` when there is none.
+    /// Per-connection state the handler keeps, stored in the reactor beside
+    /// the socket: a callback about the connection gets it as `conn`, and
+    /// any callback reaches any connection's with [`Context::conn_mut`].
+    /// Use `()` when there is none.
     type Conn;
 
     /// What other threads send the handler through a
@@ -53,7 +55,11 @@ pub trait Handler: Sized {
     /// [`Config::max_input`](crate::Config::max_input), and offered again
     /// with the next bytes, or without new bytes when reading resumes after
     /// [`Context::pause_read`] or backpressure (a paused handler with a
-    /// pipelined request gets it back on `resume_read`).
+    /// pipelined request gets it back on `resume_read`). Input left while
+    /// output is queued stops reading until the output falls to the low
+    /// water mark, then is offered again: a handler of pipelined requests
+    /// stops consuming when its output backs up (see the crate docs,
+    /// *Output flow*).
     fn on_data(
         &mut self,
         cx: &mut Context<'_, Self::Conn>,

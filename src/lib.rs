@@ -4,7 +4,10 @@
 //! It is the tutorial server (`bind`, `listen(128)`, `accept`, `recv`,
 //! `send`) grown up: non-blocking, many clients at once, memory bounded,
 //! nothing accepted ever lost. You implement [`Handler`] (the protocol); the
-//! [`Reactor`] owns sockets, buffers, timers and limits.
+//! [`Reactor`] owns sockets, buffers, timers and limits. One loop holds
+//! every socket a program needs: any number of listeners (TCP and Unix),
+//! outbound connections, and the program's own sources (see *Sockets of
+//! every kind*).
 //!
 //! # Quick start
 //!
@@ -67,17 +70,20 @@
 //!    timers are armed or idle timeouts are on; activity stamps and
 //!    deadlines use that one reading. (The end of an accept pause or of a
 //!    drain reads the clock where it is checked.)
-//! 3. **Dispatch**: the listener's event marks accepts pending; the
-//!    [`Handle`]'s waker runs queued commands (messages, sends, stop). A
-//!    connection's event flushes its queued output first, then reads: one
+//! 3. **Dispatch**: a listener's event marks it as having connections
+//!    waiting; a program's source's event goes to [`Handler::on_source`];
+//!    the [`Handle`]'s waker runs queued commands (messages, sends, stop).
+//!    A connection's event first finishes its connect if it was under way
+//!    ([`Handler::on_connect`]), flushes its queued output, then reads: one
 //!    read per event, another only if the read filled its buffer, at most
 //!    [`Config::reads_per_turn`] reads; a connection with more goes on the
 //!    ready queue.
 //! 4. **Ready queue**: connections left over from the last turn are read.
-//! 5. **Accept**: up to [`Config::accepts_per_turn`] new connections, while
-//!    below [`Config::max_connections`] and not paused by `EMFILE` & co.
-//! 6. **Timers**: due handler timers ([`Handler::on_timer`]), idle checks
-//!    and close deadlines, in deadline order.
+//! 5. **Accept**: from each listener with connections waiting, up to
+//!    [`Config::accepts_per_turn`] each, while below
+//!    [`Config::max_connections`] and not paused by `EMFILE` & co.
+//! 6. **Timers**: due handler timers ([`Handler::on_timer`]), idle checks,
+//!    close checks and connect deadlines, in deadline order.
 //! 7. **Close**: slots of connections closed during the turn are freed and
 //!    [`Handler::on_close`] runs; only now, so no event of this turn's batch
 //!    can reach a reused slot.
@@ -89,7 +95,10 @@
 //!
 //! - **Ids are never confused.** A [`ConnId`] carries the slot's
 //!   generation: events and calls for a closed connection never reach the
-//!   connection that took its slot.
+//!   connection that took its slot. Generations come from one counter for
+//!   the whole process, so ids of different reactors never collide either
+//!   (until four billion connections): one map or log can mix them, and an
+//!   id given to the wrong reactor is refused there.
 //! - **Nothing accepted is lost.** What `on_data` did not consume is offered
 //!   again with the next bytes, and at once when reading resumes
 //!   ([`Context::resume_read`], or the end of backpressure); what the kernel
@@ -156,6 +165,84 @@
 //! is cut with a reset. The reason [`Handler::on_close`] gets is that of
 //! whoever closed first: the peer ([`CloseReason::PeerClosed`]), the
 //! handler ([`CloseReason::Local`]), or a stop ([`CloseReason::Stopped`]).
+//!
+//! # Sockets of every kind
+//!
+//! [`Reactor::new`] builds a reactor with no socket; [`Reactor::bind`] is
+//! the one-line form with one TCP listener. Everything else is done through
+//! a [`Context`]: the one a callback gets, or [`Reactor::context`] before
+//! `run` (set-up: listeners, connects, timers, sends).
+//!
+//! - **Listeners**: [`Context::listen`] on any TCP address or a Unix socket
+//!   path ([`Addr::unix`]), with [`ListenerOptions`] (backlog,
+//!   `SO_REUSEADDR`, `SO_REUSEPORT`, `TCP_NODELAY`, `IPV6_V6ONLY` set
+//!   explicitly); or adopt one the program bound
+//!   ([`Context::adopt_tcp_listener`], [`Context::adopt_unix_listener`]).
+//!   [`Handler::on_open`] says which listener a connection came from and
+//!   who the peer is ([`Addr`]). [`Context::close_listener`] closes one and
+//!   the rest go on. A stale Unix socket file (its server is gone) is
+//!   replaced; a live one is `AddrInUse`; the file is removed when the
+//!   listener closes.
+//! - **Outbound connections**: [`Context::connect`] returns the id at once;
+//!   what is sent meanwhile is queued; [`Handler::on_connect`] runs when it
+//!   is established, or `on_close` gets [`CloseReason::ConnectFailed`] with
+//!   a [`ConnectError`] (refused, unreachable, timed out after
+//!   [`Config::connect_timeout`]). Established, it is a connection like any
+//!   accepted one.
+//! - **The program's own sources**: [`Context::register`] any
+//!   [`mio::event::Source`] (a UDP socket, a pipe); its events come to
+//!   [`Handler::on_source`]. Edge-triggered: read until `WouldBlock`.
+//!
+//! Every token carries its kind in one bit (connections) or a reserved
+//! value (the waker, the signal pipe); listeners and sources share an
+//! endpoint slab. So a connection's event is still told apart with one
+//! test, and there is room for any number of each kind.
+//!
+//! # Handler state
+//!
+//! Each connection's `H::Conn` lives in the reactor, indexed like the
+//! connection slab. A callback about a connection gets that state as its
+//! `conn` argument (moved out of its slot for the call, which costs nothing
+//! for a `()` state); its [`Context`] reaches every other connection's
+//! state by id ([`Context::conn`], [`Context::conn_mut`]) and can walk them
+//! all ([`Context::for_each_conn`], for a broadcast). `on_timer`,
+//! `on_message` and `on_source` reach states the same way.
+//!
+//! # Output flow
+//!
+//! A protocol that answers pipelined requests (Redis, HTTP/1.1) must stop
+//! consuming input while its answers are backed up, or a client that
+//! sends a long pipeline and reads slowly makes it queue without bound.
+//! The rule: **input left unconsumed while output is queued stops reading
+//! until the output falls to [`Config::write_low_water`]; then the
+//! leftover is offered again**, without waiting for bytes the peer may
+//! never send. So a handler may stop at any threshold of its own (or at
+//! [`Context::output_backed_up`]) and is sure to be called again; and the
+//! peer's FIN is not read, nor more input buffered, until the pipeline it
+//! sent has been answered.
+//!
+//! ```
+//! # use tcp_reactor::{Addr, ConnId, Context, Handler, ListenerId};
+//! struct Pipelined;
+//!
+//! impl Handler for Pipelined {
+//!     type Conn = ();
+//!     type Message = ();
+//!     fn on_open(&mut self, _: &mut Context<'_>, _: ConnId, _: &Addr, _: ListenerId) {}
+//!     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+//!         let mut used = 0;
+//!         // One request per line; answer until the output backs up.
+//!         while let Some(end) = data[used..].iter().position(|&b| b == b'\n') {
+//!             if cx.output_backed_up(id) {
+//!                 break; // the rest comes back once the output drains
+//!             }
+//!             let _ = cx.send(id, &data[used..used + end + 1]);
+//!             used += end + 1;
+//!         }
+//!         used
+//!     }
+//! }
+//! ```
 //!
 //! # Layout
 //!
