@@ -255,7 +255,13 @@
 //! | `reactor/accept` | accepting: budgets, limits, the pause after `EMFILE` |
 //! | `reactor/stop` | stopping: the graceful drain, `stop_now`, the report |
 //! | `reactor/signals` | `Reactor::stop_on_signals` (feature `signals`) |
-//! | `table` | the slab of connections; send, flush, close |
+//! | `table` | the slab of connections: slots, ids, lookups |
+//! | `table/write` | the write path: `send`, the output queue, `flush`, backpressure |
+//! | `table/pool` | the buffer pool: buffers only while bytes wait |
+//! | `table/read_schedule` | read scheduling: the ready queue, pause and resume |
+//! | `table/close` | the close protocol: `close`, half-close, lingering, the close check |
+//! | `table/deadlines` | connection deadlines: the connect timeout, the idle check |
+//! | `table/end` | how a connection ends; the one place that counts the stop report |
 //! | `conn` | one connection's state and buffers |
 //! | `handler` | [`Handler`] and [`CloseReason`] |
 //! | `context` | [`Context`]: what a callback may do |
