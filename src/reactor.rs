@@ -15,12 +15,12 @@ use std::time::Duration;
 use mio::event::Event;
 use mio::{Events, Poll};
 
-use crate::conn::flag;
+use crate::conn::{Lifecycle, flag};
 use crate::endpoint::Endpoint;
 use crate::engine::Engine;
 use crate::handle::Command;
 use crate::id::{EndpointKey, TokenKind, token_kind};
-use crate::table::live_mut;
+use crate::table::{live_mut, tenant_mut};
 use crate::timer::{Due, earliest, time_until};
 use crate::{
     Config, ConnId, Context, Error, Handle, Handler, ListenerOptions, SourceId, Stats, StatsReader,
@@ -383,16 +383,15 @@ impl<H: Handler> Core<H> {
     }
 
     fn connection_event(&mut self, id: ConnId, event: &Event) {
-        // A stale event (the connection closed this turn, or its slot has a
-        // new tenant) finds no live connection with this id and is dropped.
-        let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
+        // A stale event for an earlier tenant of the slot finds nothing.
+        let Some(conn) = tenant_mut(&mut self.engine.table.conns, id) else {
             return;
         };
         // The common case, served with this one slab lookup: a plain
-        // readable edge, on a connection with no flag set (nothing paused,
-        // closing, or waiting in the ready queue) and no buffer (nothing
-        // queued either way, so nothing to flush).
-        if conn.flags == 0 && conn.bufs.is_none() && is_plain_readable(event) {
+        // readable edge, on a connection at rest: open, no bit set (nothing
+        // paused, half-closed, or waiting in the ready queue) and no buffer
+        // (nothing queued either way, so nothing to flush).
+        if conn.at_rest() && is_plain_readable(event) {
             let limit = self.scratch.len();
             let result = conn.read(&mut self.scratch);
             if let Ok(n @ 1..) = result {
@@ -410,7 +409,11 @@ impl<H: Handler> Core<H> {
             }
             return;
         }
-        if conn.has(flag::CONNECTING) && !self.finish_connect(id) {
+        if conn.lifecycle == Lifecycle::Dead {
+            // Closed this turn: the event is stale, and dropped.
+            return;
+        }
+        if conn.is_connecting() && !self.finish_connect(id) {
             return;
         }
         let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
@@ -422,7 +425,7 @@ impl<H: Handler> Core<H> {
         // After a read-closed, error or urgent-data event, a short read
         // does not mean drained and no further edge will come.
         if event.is_read_closed() || event.is_error() || event.is_priority() {
-            conn.flags |= flag::READABLE | flag::DRAIN_TO_END;
+            conn.flags |= flag::READABLE | flag::READ_TO_END;
         }
         if event.is_error() {
             // Ask for the error rather than wait for a read to surface it:
@@ -559,7 +562,7 @@ impl<H: Handler> Core<H> {
 }
 
 /// Readable, and none of what makes a short read ambiguous: read-closed,
-/// error or urgent data (see `flag::DRAIN_TO_END`).
+/// error or urgent data (see `flag::READ_TO_END`).
 #[inline]
 fn is_plain_readable(event: &Event) -> bool {
     event.is_readable() && !(event.is_read_closed() || event.is_error() || event.is_priority())

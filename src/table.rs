@@ -25,7 +25,7 @@ use std::time::Duration;
 use slab::Slab;
 use socket2::Socket;
 
-use crate::conn::{Buffers, Conn, flag};
+use crate::conn::{Buffers, Conn, Lifecycle};
 use crate::id::Generations;
 use crate::stop::{Stop, StopRequest};
 use crate::timer::{Clock, Target, Timers, deadline_after};
@@ -122,10 +122,8 @@ impl ConnTable {
             // the clock was not read: stamps and deadlines need it now.
             self.clock.read();
         }
-        let mut conn = Conn::new(socket, generation, self.clock.now_ms);
-        if connecting {
-            conn.flags |= flag::CONNECTING;
-        } else {
+        let conn = Conn::new(socket, generation, self.clock.now_ms, connecting);
+        if !connecting {
             self.stats.accepted += 1;
         }
         let id = ConnId::new(self.conns.insert(conn), generation);
@@ -149,7 +147,7 @@ impl ConnTable {
     /// from now on. Its connect deadline is dead.
     pub(crate) fn established(&mut self, id: ConnId) {
         if let Some(conn) = live_mut(&mut self.conns, id) {
-            conn.flags &= !flag::CONNECTING;
+            conn.connect_done();
             conn.last_active = self.clock.now_ms;
             self.stats.connected += 1;
             self.timers.disarm(1);
@@ -167,14 +165,17 @@ impl ConnTable {
     pub(crate) fn live_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.conns
             .iter()
-            .filter(|(_, conn)| !conn.has(flag::DEAD))
+            .filter(|(_, conn)| conn.lifecycle != Lifecycle::Dead)
             .map(|(index, conn)| ConnId::new(index, conn.generation))
     }
 
     /// The first connection not closed at slot `start` or after.
     pub(crate) fn live_id_from(&self, start: usize) -> Option<ConnId> {
         (start..self.conns.capacity()).find_map(|index| {
-            let conn = self.conns.get(index).filter(|c| !c.has(flag::DEAD))?;
+            let conn = self
+                .conns
+                .get(index)
+                .filter(|c| c.lifecycle != Lifecycle::Dead)?;
             Some(ConnId::new(index, conn.generation))
         })
     }
@@ -198,7 +199,7 @@ impl ConnTable {
         self.chores |= request != StopRequest::None;
     }
 
-    /// Removes the slot of a connection that `finish` marked dead.
+    /// Removes the slot of a connection that ended (`Dead`).
     pub(crate) fn remove(&mut self, id: ConnId) {
         let index = id.index();
         if self
@@ -220,4 +221,14 @@ impl ConnTable {
 #[inline]
 pub(crate) fn live_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
     conns.get_mut(id.index()).filter(|c| c.is(id))
+}
+
+/// The slot's tenant that `id` names, whatever its lifecycle (`Dead`
+/// included). For the hot paths, which test for `Open` anyway: that test
+/// also tells the live from the dead, and saves one.
+#[inline]
+pub(crate) fn tenant_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
+    conns
+        .get_mut(id.index())
+        .filter(|c| c.generation == id.generation())
 }

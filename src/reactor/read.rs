@@ -113,17 +113,17 @@ impl<H: Handler> Core<H> {
             Ok(n) => {
                 self.engine.table.stats.bytes_in += n as u64;
                 conn.last_active = self.engine.table.clock.now_ms;
-                let drained = n < limit && !conn.has(flag::DRAIN_TO_END);
+                let drained = n < limit && !conn.has(flag::READ_TO_END);
                 if drained {
                     // Short read: drained. Edge-triggered polling will report
                     // bytes that arrive later; no read is spent to see
                     // WouldBlock.
                     conn.flags &= !flag::READABLE;
                 }
-                if conn.has(flag::CLOSING) {
+                if conn.is_closing() {
                     // Discarded; but the peer is still sending, so the
                     // close lingers (see `ConnTable::close`).
-                    conn.flags |= flag::HEARD_WHILE_CLOSING;
+                    conn.heard_while_closing();
                 } else {
                     self.deliver(id, n);
                 }
@@ -132,7 +132,7 @@ impl<H: Handler> Core<H> {
                 !drained
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.mark_drained();
+                conn.mark_empty();
                 false
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
@@ -173,12 +173,7 @@ impl<H: Handler> Core<H> {
     #[cold]
     #[inline(never)]
     fn keep_unconsumed(&mut self, id: ConnId, consumed: usize, n: usize) {
-        if self
-            .engine
-            .table
-            .get(id)
-            .is_some_and(|c| !c.has(flag::CLOSING))
-        {
+        if self.engine.table.get(id).is_some_and(|c| !c.is_closing()) {
             let rest = &self.scratch[consumed..n];
             self.engine.table.buffers(id).input.extend_from_slice(rest);
             self.engine.table.wait_for_output(id);
@@ -198,8 +193,8 @@ impl<H: Handler> Core<H> {
         }
         conn.flags &= !flag::REOFFER;
         // After the peer's FIN, `on_eof` has said the last word on input.
-        let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::CLOSING | flag::READ_CLOSED;
-        if conn.has_input() && !conn.has(stopped) {
+        let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::READ_CLOSED;
+        if conn.has_input() && !conn.has(stopped) && !conn.is_closing() {
             let input = mem::take(&mut self.engine.table.buffers(id).input);
             self.offer_input(id, input);
         }
@@ -215,12 +210,7 @@ impl<H: Handler> Core<H> {
         });
         input.drain(..consumed.unwrap_or(0).min(input.len()));
         // Put the leftover back unless the connection closed meanwhile.
-        if self
-            .engine
-            .table
-            .get(id)
-            .is_some_and(|c| !c.has(flag::CLOSING))
-        {
+        if self.engine.table.get(id).is_some_and(|c| !c.is_closing()) {
             self.engine.table.buffers(id).input = input;
             self.engine.table.release_buffers_if_empty(id);
             self.engine.table.wait_for_output(id);
@@ -247,7 +237,7 @@ impl<H: Handler> Core<H> {
             Ok(n) => {
                 self.engine.table.stats.bytes_in += n as u64;
                 conn.last_active = self.engine.table.clock.now_ms;
-                if n < limit && !conn.has(flag::DRAIN_TO_END) {
+                if n < limit && !conn.has(flag::READ_TO_END) {
                     conn.flags &= !flag::READABLE;
                 }
                 self.offer_input(id, input);
@@ -258,7 +248,7 @@ impl<H: Handler> Core<H> {
                 match e.kind() {
                     io::ErrorKind::Interrupted => true,
                     io::ErrorKind::WouldBlock => {
-                        self.engine.table.conns[id.index()].mark_drained();
+                        self.engine.table.conns[id.index()].mark_empty();
                         false
                     }
                     _ => {
@@ -279,7 +269,7 @@ impl<H: Handler> Core<H> {
         match conn.socket.peek(&mut [MaybeUninit::uninit()]) {
             Ok(0) => self.peer_eof(id),
             Ok(_) => self.input_overflow(id),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.mark_drained(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.mark_empty(),
             // Still readable: peek again next turn.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => self.engine.table.push_ready(id),
             Err(e) => self.engine.table.fail(id, e),
@@ -306,12 +296,12 @@ impl<H: Handler> Core<H> {
             return;
         };
         conn.flags |= flag::READ_CLOSED;
-        conn.mark_drained();
-        if conn.has(flag::CLOSING) {
+        conn.mark_empty();
+        if conn.is_closing() {
             self.engine.table.progress_shutdown(id);
             return;
         }
-        if !conn.has(flag::SHUTDOWN_PENDING) {
+        if !conn.has(flag::FIN_PENDING) {
             conn.flags |= flag::PEER_CLOSED_FIRST;
         }
         self.with_state(id, |handler, cx, state| handler.on_eof(cx, id, state));

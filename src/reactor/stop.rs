@@ -70,8 +70,8 @@ impl<H: Handler> Core<H> {
         let open = self.open_connections();
         for &id in &open {
             if let Some(conn) = self.engine.table.get_mut(id) {
-                conn.flags |= flag::STOPPING;
-                if !conn.has(flag::CLOSING) {
+                conn.flags |= flag::IN_STOP_REPORT;
+                if !conn.is_closing() {
                     conn.flags |= flag::STOP_CLOSED;
                 }
             }

@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use std::net::Shutdown;
 
 use super::ConnTable;
-use crate::conn::flag;
+use crate::conn::{Conn, Lifecycle, flag};
 use crate::timer::{Target, Tick, deadline_after};
 use crate::{CloseReason, ConnId};
 
@@ -34,10 +34,9 @@ impl ConnTable {
         let Some(conn) = self.get_mut(id) else {
             return;
         };
-        if conn.has(flag::CLOSING) {
+        if !conn.begin_close() {
             return;
         }
-        conn.flags |= flag::CLOSING | flag::SHUTDOWN_PENDING;
         // Reading goes on, even if the handler had paused it: input is
         // discarded from now on, but what the peer sends must be seen.
         conn.flags &= !flag::USER_PAUSED;
@@ -60,7 +59,7 @@ impl ConnTable {
     /// Half-close: FIN after the queued output; reading goes on.
     pub(crate) fn shutdown_write(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
-            conn.flags |= flag::SHUTDOWN_PENDING;
+            conn.flags |= flag::FIN_PENDING;
             self.progress_shutdown(id);
         }
     }
@@ -76,14 +75,11 @@ impl ConnTable {
         let Some(conn) = self.get_mut(id) else {
             return;
         };
-        if !conn.has(flag::SHUTDOWN_PENDING)
-            || conn.queued_output() > 0
-            || conn.has(flag::CONNECTING)
-        {
+        if !conn.has(flag::FIN_PENDING) || conn.queued_output() > 0 || conn.is_connecting() {
             return;
         }
-        if !conn.has(flag::WRITE_SHUT) {
-            conn.flags |= flag::WRITE_SHUT;
+        if !conn.has(flag::FIN_SENT) {
+            conn.flags |= flag::FIN_SENT;
             if let Err(e) = conn.socket.shutdown(Shutdown::Write) {
                 self.fail(id, e);
                 return;
@@ -93,7 +89,7 @@ impl ConnTable {
         // the handler called `close` or `shutdown_write`.
         if conn.has(flag::READ_CLOSED) {
             self.finish_clean(id);
-        } else if conn.has(flag::CLOSING) && !conn.has(flag::HEARD_WHILE_CLOSING) {
+        } else if conn.lifecycle == Lifecycle::Closing {
             // The peer has sent nothing since the close began: unless
             // something is waiting after all, there is nothing to linger for.
             self.finish_if_peer_quiet(id);
@@ -108,7 +104,8 @@ impl ConnTable {
             Ok(false) => self.finish_clean(id),
             Ok(true) => {
                 let conn = &mut self.conns[id.index()];
-                conn.flags |= flag::HEARD_WHILE_CLOSING | flag::READABLE;
+                conn.heard_while_closing();
+                conn.flags |= flag::READABLE;
                 conn.last_active = self.clock.now_ms;
                 self.push_ready(id);
             }
@@ -146,7 +143,7 @@ impl ConnTable {
         }
         let linger = self.limits.linger_timeout;
         let mut next = deadline_after(now, linger);
-        if conn.has(flag::WRITE_SHUT) {
+        if conn.has(flag::FIN_SENT) {
             match self.quiet_time_left(conn, linger) {
                 None => {
                     self.finish_if_peer_quiet(id);
@@ -166,7 +163,7 @@ impl ConnTable {
     /// make the kernel reset it), else cut with a reset and counted as
     /// forced.
     pub(crate) fn end_at_once(&mut self, id: ConnId) {
-        if self.get(id).is_some_and(|c| c.has(flag::CONNECTING)) {
+        if self.get(id).is_some_and(Conn::is_connecting) {
             self.drop_connection(id, CloseReason::Stopped);
             return;
         }

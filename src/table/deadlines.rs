@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::ConnTable;
-use crate::conn::{Conn, flag};
+use crate::conn::Conn;
 use crate::timer::{Target, deadline_after};
 use crate::{CloseReason, ConnId};
 
@@ -17,7 +17,7 @@ impl ConnTable {
 
     /// A connect deadline came due: a connection still under way fails.
     pub(crate) fn check_connect(&mut self, id: ConnId) {
-        if self.get(id).is_some_and(|c| c.has(flag::CONNECTING)) {
+        if self.get(id).is_some_and(Conn::is_connecting) {
             self.connect_failed(id, crate::ConnectError::TimedOut);
         }
     }
@@ -30,7 +30,7 @@ impl ConnTable {
             return;
         };
         // A connection under way has its connect timeout instead.
-        let quiet = if conn.has(flag::CONNECTING) {
+        let quiet = if conn.is_connecting() {
             Some(idle)
         } else {
             self.quiet_time_left(conn, idle)
@@ -77,10 +77,10 @@ impl ConnTable {
             Target::Idle(id) => conns.get(id.index()).is_some_and(|c| c.is(id)),
             Target::Close { id, .. } => conns
                 .get(id.index())
-                .is_some_and(|c| c.is(id) && c.has(flag::CLOSING)),
+                .is_some_and(|c| c.is(id) && c.is_closing()),
             Target::Connect(id) => conns
                 .get(id.index())
-                .is_some_and(|c| c.is(id) && c.has(flag::CONNECTING)),
+                .is_some_and(|c| c.is(id) && c.is_connecting()),
             Target::User(_) => true,
         });
     }

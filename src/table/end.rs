@@ -57,13 +57,14 @@ impl ConnTable {
         let Some(conn) = live_mut(&mut self.conns, id) else {
             return;
         };
-        conn.flags |= flag::DEAD;
         let dropped = conn.queued_output() as u64;
-        let stopping = conn.has(flag::STOPPING);
-        // Its idle check and close check, if armed, are dead from now on.
+        let stopping = conn.has(flag::IN_STOP_REPORT);
+        // Its idle check, close check and connect deadline, if armed, are
+        // dead from now on (counted by the lifecycle it leaves).
         let armed = usize::from(self.limits.idle_timeout.is_some())
-            + usize::from(conn.has(flag::CLOSING))
-            + usize::from(conn.has(flag::CONNECTING));
+            + usize::from(conn.is_closing())
+            + usize::from(conn.is_connecting());
+        conn.mark_dead();
         let bufs = conn.bufs.take();
         self.timers.disarm(armed);
         self.stats.queued_output -= dropped;

@@ -21,7 +21,7 @@ impl ConnTable {
     /// to the peer's FIN, and pausing it would hold the slot forever.
     pub(crate) fn pause_read(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
-            if !conn.has(flag::CLOSING) {
+            if !conn.is_closing() {
                 conn.flags |= flag::USER_PAUSED;
             }
         }

@@ -7,8 +7,8 @@ use std::io;
 
 use socket2::Socket;
 
-use super::{ConnTable, live_mut};
-use crate::conn::{self, Conn, flag};
+use super::{ConnTable, live_mut, tenant_mut};
+use crate::conn::{self, Conn, Lifecycle, flag};
 use crate::{CloseReason, ConnId, Error};
 
 impl ConnTable {
@@ -18,15 +18,11 @@ impl ConnTable {
     // Always inlined: a call would cost a third of what the fast path does.
     #[inline(always)]
     pub(crate) fn send(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
-        let Some(conn) = live_mut(&mut self.conns, id) else {
+        let Some(conn) = tenant_mut(&mut self.conns, id) else {
             return Err(Error::UnknownConnection(id));
         };
-        if conn.has(flag::NO_WRITE | flag::CONNECTING) {
-            if conn.has(flag::NO_WRITE) {
-                return Err(Error::WriteClosed(id));
-            }
-            // Not established yet: queued, flushed once it is.
-            return self.queue_output(id, data);
+        if conn.lifecycle != Lifecycle::Open || conn.has(flag::NO_WRITE) {
+            return self.send_unless_closed(id, data);
         }
         if conn.queued_output() > 0 || data.is_empty() {
             // Behind what is queued, to keep the order (or nothing to do).
@@ -42,6 +38,21 @@ impl ConnTable {
             }
             first => self.send_rest(id, data, first),
         }
+    }
+
+    /// `send` to a connection not `Open` or shut down for writing: refused
+    /// once it is closing or closed, queued while it is connecting.
+    #[cold]
+    #[inline(never)]
+    fn send_unless_closed(&mut self, id: ConnId, data: &[u8]) -> Result<(), Error> {
+        let Some(conn) = self.get(id) else {
+            return Err(Error::UnknownConnection(id));
+        };
+        if conn.has(flag::NO_WRITE) {
+            return Err(Error::WriteClosed(id));
+        }
+        // Not established yet: queued, flushed once it is.
+        self.queue_output(id, data)
     }
 
     /// The first write of `send` did not take everything (`first` is what
