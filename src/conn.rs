@@ -69,7 +69,7 @@ use crate::ConnId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Lifecycle {
-    /// An outbound connection whose `connect` has not finished: output is
+    /// An outbound connection whose `connect` is under way: output is
     /// queued, nothing is read, and its first writable edge says whether it
     /// is established. `close_asked`: the handler closed it meanwhile; it
     /// is `Closing` as soon as the connect is done.
@@ -294,7 +294,7 @@ impl Conn {
         self.flags == 0 && self.lifecycle == Lifecycle::Open && self.bufs.is_none()
     }
 
-    /// Its `connect` has not finished.
+    /// Its `connect` is under way.
     #[inline]
     pub(crate) fn is_connecting(&self) -> bool {
         matches!(self.lifecycle, Lifecycle::Connecting { .. })

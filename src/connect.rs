@@ -90,7 +90,7 @@ pub(crate) fn start(addr: &Addr) -> io::Result<(Socket, Started)> {
 
 /// A writable (or error) event came for a connect under way: whether it
 /// is established (`Ok(true)`), still under way (`Ok(false)`), or failed.
-pub(crate) fn finished(socket: &Socket) -> io::Result<bool> {
+pub(crate) fn result(socket: &Socket) -> io::Result<bool> {
     if let Some(error) = socket.take_error()? {
         return Err(error);
     }

@@ -106,7 +106,7 @@ impl<S> Engine<S> {
         // Registered once for everything, never re-registered: edge-triggered
         // writable costs nothing while idle, and the hot path makes no
         // epoll_ctl call. A connecting socket's first writable edge says
-        // its connect has finished.
+        // its connect is done.
         self.poll.registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
             id.token(),
@@ -188,7 +188,7 @@ fn tcp_keepalive(keepalive: &Keepalive) -> TcpKeepalive {
 
 /// Readable and writable, plus urgent data where the OS reports it apart
 /// (Linux `EPOLLPRI`), so a read stopped short at the urgent mark is
-/// finished rather than mistaken for drained.
+/// read on rather than mistaken for the socket empty.
 fn interest() -> Interest {
     let both = Interest::READABLE | Interest::WRITABLE;
     #[cfg(any(target_os = "linux", target_os = "android"))]

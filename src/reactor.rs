@@ -244,11 +244,11 @@ impl<H: Handler> Core<H> {
             self.fire_timers();
         }
         if self.engine.table.chores {
-            self.finish_turn();
+            self.close_and_stop();
         }
     }
 
-    /// Steps 4 and 5. Out of line, like `finish_turn`, so the event loop
+    /// Steps 4 and 5. Out of line, like `close_and_stop`, so the event loop
     /// keeps its values in registers (inlined, the rarely taken steps cost
     /// the echo path about ten instructions).
     #[inline(never)]
@@ -263,9 +263,9 @@ impl<H: Handler> Core<H> {
 
     /// Steps 7 and 8, then what is left to do next turn.
     #[inline(never)]
-    fn finish_turn(&mut self) {
+    fn close_and_stop(&mut self) {
         if !self.engine.table.closed.is_empty() {
-            self.finish_closes();
+            self.free_closed();
         }
         if self.engine.table.stop.is_requested() {
             self.progress_stop();
@@ -396,7 +396,8 @@ impl<H: Handler> Core<H> {
             let result = conn.read(&mut self.scratch);
             if let Ok(n @ 1..) = result {
                 if n < limit {
-                    // A short read: drained, READABLE stays clear.
+                    // A short read: the socket is empty, READABLE stays
+                    // clear.
                     self.engine.table.stats.bytes_in += n as u64;
                     conn.last_active = self.engine.table.clock.now_ms;
                     self.deliver(id, n);
@@ -413,7 +414,7 @@ impl<H: Handler> Core<H> {
             // Closed this turn: the event is stale, and dropped.
             return;
         }
-        if conn.is_connecting() && !self.finish_connect(id) {
+        if conn.is_connecting() && !self.connect_event(id) {
             return;
         }
         let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
@@ -423,7 +424,7 @@ impl<H: Handler> Core<H> {
             conn.flags |= flag::READABLE;
         }
         // After a read-closed, error or urgent-data event, a short read
-        // does not mean drained and no further edge will come.
+        // does not mean the socket is empty, and no further edge will come.
         if event.is_read_closed() || event.is_error() || event.is_priority() {
             conn.flags |= flag::READABLE | flag::READ_TO_END;
         }
@@ -438,7 +439,7 @@ impl<H: Handler> Core<H> {
         }
         let queued_to_read = conn.has(flag::IN_READY_QUEUE);
         if event.is_writable() && conn.queued_output() > 0 && self.engine.table.flush(id) {
-            self.drained(id);
+            self.backpressure_lifted(id);
         }
         // A connection already in the ready queue is read from there: one
         // read budget per turn, however it became ready.
@@ -536,7 +537,7 @@ impl<H: Handler> Core<H> {
     /// Step 7: free the slots of connections closed this turn and hand each
     /// handler state back through `on_close`. Runs after the whole batch, so
     /// no event of it reached a slot's next tenant.
-    fn finish_closes(&mut self) {
+    fn free_closed(&mut self) {
         while let Some((id, reason)) = self.engine.table.closed.pop_front() {
             self.engine.table.remove(id);
             // A descriptor is free: accepting may succeed again at once.

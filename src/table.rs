@@ -85,7 +85,7 @@ pub(crate) struct ConnTable {
     pub(crate) timers: Timers,
     pub(crate) clock: Clock,
     /// Set whenever the loop has work beyond serving events: a connection
-    /// in the ready queue, a close to finish, a stop asked for, accepts
+    /// in the ready queue, a closed connection to free, a stop asked for, accepts
     /// pending. A busy turn tests this one flag instead of each of them;
     /// the turn that does the work sets it again from what is left.
     pub(crate) chores: bool,
@@ -143,7 +143,7 @@ impl ConnTable {
         ConnId::new(self.conns.vacant_key(), self.generations.peek())
     }
 
-    /// The connect of `id` has finished: it is a connection like any other
+    /// The connect of `id` is done: it is a connection like any other
     /// from now on. Its connect deadline is dead.
     pub(crate) fn established(&mut self, id: ConnId) {
         if let Some(conn) = live_mut(&mut self.conns, id) {
@@ -158,7 +158,7 @@ impl ConnTable {
     pub(crate) fn connect_failed(&mut self, id: ConnId, error: crate::ConnectError) {
         self.stats.connect_failures += 1;
         log::debug!("conn {id}: connect failed: {error}");
-        self.drop_connection(id, CloseReason::ConnectFailed(error));
+        self.cut(id, CloseReason::ConnectFailed(error));
     }
 
     /// The ids of the connections not closed, in slot order.

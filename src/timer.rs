@@ -127,7 +127,7 @@ pub(crate) enum Target {
     /// Check whether the connection has been idle for the idle timeout.
     Idle(ConnId),
     /// A graceful close's periodic check: cut it at `cut_at` (the close
-    /// timeout), or finish it once the peer has fallen silent.
+    /// timeout), or end it clean once the peer has fallen silent.
     Close { id: ConnId, cut_at: Tick },
     /// An outbound connection not established by then fails.
     Connect(ConnId),

@@ -1,5 +1,5 @@
 //! Outbound connections, as the loop sees them: a connect under way is
-//! finished by its first writable (or error) edge.
+//! done (established or failed) at its first writable (or error) edge.
 
 use crate::connect::{self, ConnectError};
 use crate::table::live_mut;
@@ -12,11 +12,11 @@ impl<H: Handler> Core<H> {
     /// whether it is now established (the event is then served as any
     /// other connection's).
     #[cold]
-    pub(super) fn finish_connect(&mut self, id: ConnId) -> bool {
+    pub(super) fn connect_event(&mut self, id: ConnId) -> bool {
         let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
             return false;
         };
-        match connect::finished(&conn.socket) {
+        match connect::result(&conn.socket) {
             // Not yet (a spurious edge): the next one will say.
             Ok(false) => false,
             Err(error) => {
@@ -31,7 +31,7 @@ impl<H: Handler> Core<H> {
                 // What was sent while connecting goes out now; a close asked
                 // for meanwhile goes on (FIN once flushed).
                 if self.engine.table.flush(id) {
-                    self.drained(id);
+                    self.backpressure_lifted(id);
                 }
                 self.engine.table.progress_shutdown(id);
                 self.engine.table.get(id).is_some()

@@ -11,10 +11,11 @@ use crate::{CloseReason, ConnId, Context, Handler};
 use super::Core;
 
 impl<H: Handler> Core<H> {
-    /// Queued output fell to the low water mark: tell the handler; reading
-    /// resumes (and unconsumed input is offered again) in `read_connection`.
+    /// Backpressure lifted (a flush brought the queued output down to the
+    /// low water mark): tell the handler (`on_drain`); reading resumes (and
+    /// leftover input is reoffered) in `read_connection`.
     #[cold]
-    pub(super) fn drained(&mut self, id: ConnId) {
+    pub(super) fn backpressure_lifted(&mut self, id: ConnId) {
         self.with_state(id, |handler, cx, state| handler.on_drain(cx, id, state));
     }
 
@@ -113,9 +114,9 @@ impl<H: Handler> Core<H> {
             Ok(n) => {
                 self.engine.table.stats.bytes_in += n as u64;
                 conn.last_active = self.engine.table.clock.now_ms;
-                let drained = n < limit && !conn.has(flag::READ_TO_END);
-                if drained {
-                    // Short read: drained. Edge-triggered polling will report
+                let empty = n < limit && !conn.has(flag::READ_TO_END);
+                if empty {
+                    // Short read: the socket is empty. Edge-triggered polling will report
                     // bytes that arrive later; no read is spent to see
                     // WouldBlock.
                     conn.flags &= !flag::READABLE;
@@ -127,9 +128,9 @@ impl<H: Handler> Core<H> {
                 } else {
                     self.deliver(id, n);
                 }
-                // Drained: nothing more to read. A callback that resumed
+                // Empty: nothing more to read. A callback that resumed
                 // reading has queued the connection to be read.
-                !drained
+                !empty
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.mark_empty();
@@ -285,9 +286,7 @@ impl<H: Handler> Core<H> {
             self.engine.table.limits.max_input
         );
         self.engine.table.stats.limit_closes += 1;
-        self.engine
-            .table
-            .drop_connection(id, CloseReason::InputLimit);
+        self.engine.table.cut(id, CloseReason::InputLimit);
     }
 
     /// `read` returned 0: the peer's FIN.

@@ -24,9 +24,9 @@ impl<H: Handler> Core<H> {
         };
         if self.engine.table.clock.read() >= deadline {
             for id in self.open_connections() {
-                self.engine.table.drop_connection(id, CloseReason::Stopped);
+                self.engine.table.cut(id, CloseReason::Stopped);
             }
-            self.finish_closes();
+            self.free_closed();
         }
         if self.engine.table.conns.is_empty() {
             self.complete_stop();
@@ -46,7 +46,7 @@ impl<H: Handler> Core<H> {
         for id in open {
             self.engine.table.close(id);
         }
-        self.finish_closes();
+        self.free_closed();
     }
 
     /// `stop_now`: one last non-blocking flush each, then close, with a
@@ -55,7 +55,7 @@ impl<H: Handler> Core<H> {
         for id in self.begin_stop() {
             self.engine.table.end_at_once(id);
         }
-        self.finish_closes();
+        self.free_closed();
         self.complete_stop();
     }
 

@@ -44,7 +44,7 @@ impl ConnTable {
             bufs.input.clear();
         }
         let wants_read = conn.wants_read();
-        // Armed before anything can finish the close: a closing connection
+        // Armed before anything can end the close: a closing connection
         // always has its one close check pending (see `Timers::disarm`).
         let now = self.clock.read();
         let cut_at = deadline_after(now, self.limits.close_timeout);
@@ -66,7 +66,7 @@ impl ConnTable {
 
     /// Closes at once with a reset, dropping queued output.
     pub(crate) fn abort(&mut self, id: ConnId) {
-        self.drop_connection(id, CloseReason::Aborted);
+        self.cut(id, CloseReason::Aborted);
     }
 
     /// Moves a pending FIN, and a graceful close, forward as far as the
@@ -88,20 +88,20 @@ impl ConnTable {
         // FIN sent and FIN seen: nothing more can pass either way, whether
         // the handler called `close` or `shutdown_write`.
         if conn.has(flag::READ_CLOSED) {
-            self.finish_clean(id);
+            self.end_clean(id);
         } else if conn.lifecycle == Lifecycle::Closing {
             // The peer has sent nothing since the close began: unless
             // something is waiting after all, there is nothing to linger for.
-            self.finish_if_peer_quiet(id);
+            self.end_if_peer_quiet(id);
         }
     }
 
     /// Our FIN is out and the peer seems quiet: free the slot now if
     /// nothing waits to be read (closing then makes no reset); else linger,
     /// reading and discarding.
-    fn finish_if_peer_quiet(&mut self, id: ConnId) {
+    fn end_if_peer_quiet(&mut self, id: ConnId) {
         match self.input_waiting(id) {
-            Ok(false) => self.finish_clean(id),
+            Ok(false) => self.end_clean(id),
             Ok(true) => {
                 let conn = &mut self.conns[id.index()];
                 conn.heard_while_closing();
@@ -129,10 +129,10 @@ impl ConnTable {
     }
 
     /// A close check came due (see `close`): cut the close if it has run
-    /// out of time, finish it if the peer has been silent for the linger
+    /// out of time, end it clean if the peer has been silent for the linger
     /// timeout since our FIN, else check again later.
     pub(crate) fn check_close(&mut self, id: ConnId, cut_at: Tick) {
-        // A connection that finished meanwhile disarmed its check.
+        // A connection that ended meanwhile disarmed its check.
         let Some(conn) = self.get(id) else {
             return;
         };
@@ -146,7 +146,7 @@ impl ConnTable {
         if conn.has(flag::FIN_SENT) {
             match self.quiet_time_left(conn, linger) {
                 None => {
-                    self.finish_if_peer_quiet(id);
+                    self.end_if_peer_quiet(id);
                     if self.get(id).is_none() {
                         return;
                     }
@@ -164,7 +164,7 @@ impl ConnTable {
     /// forced.
     pub(crate) fn end_at_once(&mut self, id: ConnId) {
         if self.get(id).is_some_and(Conn::is_connecting) {
-            self.drop_connection(id, CloseReason::Stopped);
+            self.cut(id, CloseReason::Stopped);
             return;
         }
         self.flush(id);
@@ -173,9 +173,9 @@ impl ConnTable {
         };
         let cut = conn.queued_output() > 0 || !matches!(self.input_waiting(id), Ok(false));
         if cut {
-            self.drop_connection(id, CloseReason::Stopped);
+            self.cut(id, CloseReason::Stopped);
         } else {
-            self.finish_clean(id);
+            self.end_clean(id);
         }
     }
 }

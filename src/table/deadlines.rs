@@ -62,9 +62,9 @@ impl ConnTable {
     pub(super) fn time_out(&mut self, id: ConnId, cut: bool) {
         self.stats.timed_out += 1;
         if cut {
-            self.drop_connection(id, CloseReason::TimedOut);
+            self.cut(id, CloseReason::TimedOut);
         } else {
-            self.finish(id, CloseReason::TimedOut);
+            self.end_as_is(id, CloseReason::TimedOut);
         }
     }
 

@@ -13,12 +13,12 @@ impl ConnTable {
     #[cold]
     pub(crate) fn fail(&mut self, id: ConnId, error: io::Error) {
         let reason = CloseReason::from_io(error);
-        self.finish(id, reason);
+        self.end_as_is(id, reason);
     }
 
     /// Ends the connection at once with a reset (`SO_LINGER` 0), so the peer
     /// learns that what it has not received will not come.
-    pub(crate) fn drop_connection(&mut self, id: ConnId, reason: CloseReason) {
+    pub(crate) fn cut(&mut self, id: ConnId, reason: CloseReason) {
         if let Some(conn) = self.get(id) {
             if let Err(e) = conn.socket.set_linger(Some(Duration::ZERO)) {
                 log::debug!("conn {id}: SO_LINGER 0 before abort: {e}");
@@ -31,7 +31,7 @@ impl ConnTable {
     /// FIN sent, and the peer's FIN seen or nothing of the peer's unread.
     /// It keeps the reason of whoever closed first: the stop, the peer, or
     /// the handler.
-    pub(crate) fn finish_clean(&mut self, id: ConnId) {
+    pub(crate) fn end_clean(&mut self, id: ConnId) {
         let Some(conn) = self.get(id) else {
             return;
         };
@@ -46,11 +46,11 @@ impl ConnTable {
     }
 
     /// Ends the connection as it is, for `reason` (an error, a timeout).
-    pub(crate) fn finish(&mut self, id: ConnId, reason: CloseReason) {
+    pub(crate) fn end_as_is(&mut self, id: ConnId, reason: CloseReason) {
         self.end(id, reason, Ending::AsItIs);
     }
 
-    /// Marks the connection closed (the slot is freed at the end of the
+    /// Marks the connection `Dead` (the slot is freed at the end of the
     /// turn), and counts it in the stop report if it was open when a stop
     /// began: the one place that does.
     fn end(&mut self, id: ConnId, reason: CloseReason, ending: Ending) {
@@ -96,7 +96,7 @@ impl ConnTable {
 /// How a connection ended, for the stop report (see `ConnTable::end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// Closed as it should: drained.
+    /// Closed as it should: `drained` in the report.
     Clean,
     /// Cut with a reset by us: forced if the stop cut it.
     Reset,

@@ -112,7 +112,7 @@ impl ConnTable {
         let queued = self.get(id).map_or(0, Conn::queued_output);
         if queued + data.len() > limits.max_output {
             self.stats.limit_closes += 1;
-            self.drop_connection(id, CloseReason::OutputLimit);
+            self.cut(id, CloseReason::OutputLimit);
             return Err(Error::OutputLimit(id));
         }
         let bufs = self.buffers(id);
@@ -132,8 +132,8 @@ impl ConnTable {
     }
 
     /// Writes queued output until it is gone or the kernel is full. Returns
-    /// whether the connection just came out of backpressure (the caller runs
-    /// `on_drain` and reads again).
+    /// whether backpressure just lifted (the caller runs `on_drain` and
+    /// reads again).
     #[cold]
     #[inline(never)]
     pub(crate) fn flush(&mut self, id: ConnId) -> bool {
@@ -160,8 +160,8 @@ impl ConnTable {
             return false;
         }
         let conn = &mut self.conns[id.index()];
-        let drained = conn.has(flag::BACKPRESSURED) && queued <= self.limits.low_water;
-        if drained {
+        let lifted = conn.has(flag::BACKPRESSURED) && queued <= self.limits.low_water;
+        if lifted {
             conn.flags &= !flag::BACKPRESSURED;
             if conn.has_input() && !conn.has(flag::READ_CLOSED) {
                 conn.flags |= flag::REOFFER;
@@ -172,8 +172,8 @@ impl ConnTable {
             self.progress_shutdown(id);
         }
         // No `on_drain` ("produce more") for a connection that can take no
-        // more: closing, shut down for writing, or finished by this flush.
-        drained && self.get(id).is_some_and(|c| !c.has(flag::NO_WRITE))
+        // more: closing, shut down for writing, or ended by this flush.
+        lifted && self.get(id).is_some_and(|c| !c.has(flag::NO_WRITE))
     }
 
     /// Output flow: the handler left input unconsumed while output is
