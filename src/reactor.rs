@@ -392,20 +392,7 @@ impl<H: Handler> Core<H> {
         // paused, half-closed, or waiting in the ready queue) and no buffer
         // (nothing queued either way, so nothing to flush).
         if conn.at_rest() && is_plain_readable(event) {
-            let limit = self.scratch.len();
-            let result = conn.read(&mut self.scratch);
-            if let Ok(n @ 1..) = result {
-                if n < limit {
-                    // A short read: the socket is empty, READABLE stays
-                    // clear.
-                    self.engine.table.stats.bytes_in += n as u64;
-                    conn.last_active = self.engine.table.clock.now_ms;
-                    self.deliver(id, n);
-                    return;
-                }
-            }
-            conn.flags |= flag::READABLE;
-            if self.after_read(id, limit, result) {
+            if self.read_once::<true>(id, self.scratch.len()) {
                 self.read_connection(id, self.engine.config.reads_per_turn - 1);
             }
             return;

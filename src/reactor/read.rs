@@ -4,7 +4,7 @@
 use std::io;
 use std::mem::{self, MaybeUninit};
 
-use crate::conn::flag;
+use crate::conn::{Conn, flag};
 use crate::table::live_mut;
 use crate::{CloseReason, ConnId, Context, Handler};
 
@@ -65,8 +65,7 @@ impl<H: Handler> Core<H> {
             budget -= 1;
             let limits = &self.engine.table.limits;
             let limit = match conn.bufs.as_deref() {
-                // Nothing waits either way: the whole room, straight into
-                // the scratch buffer.
+                // Nothing waits either way: the whole room.
                 None => limits.read_limit,
                 Some(bufs) => {
                     let out_room = limits.high_water.saturating_sub(bufs.queued_output());
@@ -78,35 +77,42 @@ impl<H: Handler> Core<H> {
                         }
                         return;
                     }
-                    if !bufs.input.is_empty() {
-                        if !self.read_after_leftover(id, limit) {
-                            return;
-                        }
-                        continue;
-                    }
                     limit
                 }
             };
-            let result = conn.read(&mut self.scratch[..limit]);
-            if !self.after_read(id, limit, result) {
+            if !self.read_once::<false>(id, limit) {
                 return;
             }
         }
     }
 
-    /// Acts on what a read of at most `limit` bytes into the scratch buffer
-    /// returned. Returns whether to read again: the read filled its limit,
-    /// or the event said to read to the end, or it was interrupted.
-    pub(super) fn after_read(
-        &mut self,
-        id: ConnId,
-        limit: usize,
-        result: io::Result<usize>,
-    ) -> bool {
+    /// One read of at most `limit` bytes into the scratch buffer, and what
+    /// follows from it: the bytes are counted and stamped, the socket noted
+    /// empty or not, and the bytes offered to the handler (after any
+    /// leftover), or discarded while closing; or the peer's FIN is taken,
+    /// or the error. Returns whether to read again: the read filled its
+    /// limit, or the event said to read to the end, or it was interrupted.
+    ///
+    /// The one after-read step of every read: the fast path of
+    /// `connection_event` (`AT_REST`), `read_connection`'s budgeted reads,
+    /// and so the reads behind leftover input. Every read goes into the
+    /// scratch buffer: no limit is longer (`read_limit` caps them all).
+    ///
+    /// `AT_REST` says the caller found the connection at rest
+    /// (`Conn::at_rest`) just before: open, no bit set, no buffer. The tests
+    /// that cannot then succeed (read to the end? closing? leftover?) are
+    /// left out at compile time, so the fast path costs what it did when it
+    /// was written apart. The read is made here, with the connection
+    /// looked up once: the caller's lookup and this one fold together, and
+    /// nothing is looked up again after the `recv`.
+    // Always inlined: the fast path is most of an echo's work, and a call
+    // would also keep the compiler from seeing what `AT_REST` leaves out.
+    #[inline(always)]
+    pub(super) fn read_once<const AT_REST: bool>(&mut self, id: ConnId, limit: usize) -> bool {
         let Some(conn) = live_mut(&mut self.engine.table.conns, id) else {
             return false;
         };
-        match result {
+        match conn.read(&mut self.scratch[..limit]) {
             Ok(0) => {
                 self.peer_eof(id);
                 false
@@ -114,29 +120,44 @@ impl<H: Handler> Core<H> {
             Ok(n) => {
                 self.engine.table.stats.bytes_in += n as u64;
                 conn.last_active = self.engine.table.clock.now_ms;
-                let empty = n < limit && !conn.has(flag::READ_TO_END);
-                if empty {
-                    // Short read: the socket is empty. Edge-triggered polling will report
-                    // bytes that arrive later; no read is spent to see
-                    // WouldBlock.
+                // Short read: the socket is empty. Edge-triggered polling
+                // will report bytes that arrive later; no read is spent to
+                // see WouldBlock. Unless the event said to read to the end
+                // (at rest, it did not: `is_plain_readable`).
+                let empty = n < limit && (AT_REST || !conn.has(flag::READ_TO_END));
+                if !empty {
+                    // The read filled its limit (or the event said to read
+                    // to the end): more to read.
+                    conn.flags |= flag::READABLE;
+                } else if !AT_REST {
+                    // (At rest, READABLE is clear already.)
                     conn.flags &= !flag::READABLE;
                 }
-                if conn.is_closing() {
+                if !AT_REST && conn.is_closing() {
                     // Discarded; but the peer is still sending, so the
                     // close lingers (see `ConnTable::close`).
                     conn.heard_while_closing();
+                } else if empty {
+                    // The common case. It returns on its own, so nothing
+                    // is kept across the handler's call; and a callback
+                    // that resumed reading has queued the connection to be
+                    // read.
+                    self.offer::<AT_REST>(id, n);
+                    return false;
                 } else {
-                    self.deliver(id, n);
+                    self.offer_filled(id, n);
                 }
-                // Empty: nothing more to read. A callback that resumed
-                // reading has queued the connection to be read.
                 !empty
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.mark_empty();
                 false
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                // Still readable: read again.
+                conn.flags |= flag::READABLE;
+                true
+            }
             Err(e) => {
                 self.engine.table.fail(id, e);
                 false
@@ -144,12 +165,17 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// Hands `scratch[..n]` to the handler and keeps what it did not consume.
+    /// Offers `scratch[..n]` to the handler and keeps what it did not
+    /// consume; after the leftover, if there is one (never `AT_REST`).
     // Always inlined: it is most of the work of an echo, and a call would
     // also keep the compiler from seeing that a send's fast path returned
     // `Ok` (the `Result` would be dropped out of line).
     #[inline(always)]
-    pub(super) fn deliver(&mut self, id: ConnId, n: usize) {
+    fn offer<const AT_REST: bool>(&mut self, id: ConnId, n: usize) {
+        if !AT_REST && self.engine.table.get(id).is_some_and(Conn::has_input) {
+            self.offer_after_leftover(id, n);
+            return;
+        }
         let index = id.index();
         let Some(mut state) = self.engine.states.get_mut(index).and_then(Option::take) else {
             return;
@@ -164,16 +190,23 @@ impl<H: Handler> Core<H> {
             *slot = Some(state);
         }
         if consumed < n {
-            self.keep_unconsumed(id, consumed, n);
+            self.keep_leftover(id, consumed, n);
         }
     }
 
+    /// `offer` for a read that filled its limit, out of line: the fast
+    /// path inlines `offer` once, for the short read of a request.
+    #[inline(never)]
+    fn offer_filled(&mut self, id: ConnId, n: usize) {
+        self.offer::<false>(id, n);
+    }
+
     /// What the handler left unconsumed (`scratch[consumed..n]`) is kept
-    /// and offered again; and if
-    /// output is queued, reading waits for it (see `wait_for_output`).
+    /// and offered again; and if output is queued, reading waits for it
+    /// (see `wait_for_output`).
     #[cold]
     #[inline(never)]
-    fn keep_unconsumed(&mut self, id: ConnId, consumed: usize, n: usize) {
+    fn keep_leftover(&mut self, id: ConnId, consumed: usize, n: usize) {
         if self.engine.table.get(id).is_some_and(|c| !c.is_closing()) {
             let rest = &self.scratch[consumed..n];
             self.engine.table.buffers(id).input.extend_from_slice(rest);
@@ -181,7 +214,17 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// Reading resumed with unconsumed input waiting (`REOFFER`): offer it
+    /// Bytes just read (`scratch[..n]`) follow leftover input: the handler
+    /// is offered the whole run, leftover first.
+    #[cold]
+    #[inline(never)]
+    fn offer_after_leftover(&mut self, id: ConnId, n: usize) {
+        let mut input = mem::take(&mut self.engine.table.buffers(id).input);
+        input.extend_from_slice(&self.scratch[..n]);
+        self.offer_leftover(id, input);
+    }
+
+    /// Reading resumed with leftover input waiting (`REOFFER`): offer it
     /// again now, since the peer may be waiting for an answer and send
     /// nothing more.
     #[cold]
@@ -197,15 +240,16 @@ impl<H: Handler> Core<H> {
         let stopped = flag::USER_PAUSED | flag::BACKPRESSURED | flag::READ_CLOSED;
         if conn.has_input() && !conn.has(stopped) && !conn.is_closing() {
             let input = mem::take(&mut self.engine.table.buffers(id).input);
-            self.offer_input(id, input);
+            self.offer_leftover(id, input);
         }
     }
 
-    /// Offers `input` (the connection's unconsumed bytes, taken out of its
-    /// buffer) to the handler and puts back what it did not consume.
+    /// Offers `input` (leftover taken out of the connection's buffer,
+    /// perhaps with new bytes after it) to the handler and puts back what
+    /// it did not consume.
     #[cold]
     #[inline(never)]
-    fn offer_input(&mut self, id: ConnId, mut input: Vec<u8>) {
+    fn offer_leftover(&mut self, id: ConnId, mut input: Vec<u8>) {
         let consumed = self.with_state(id, |handler, cx, state| {
             handler.on_data(cx, id, state, &input)
         });
@@ -215,49 +259,6 @@ impl<H: Handler> Core<H> {
             self.engine.table.buffers(id).input = input;
             self.engine.table.release_buffers_if_empty(id);
             self.engine.table.wait_for_output(id);
-        }
-    }
-
-    /// The slow path: bytes are already waiting, so read straight after them
-    /// and offer the handler the whole run. Returns whether to read again.
-    #[cold]
-    #[inline(never)]
-    fn read_after_leftover(&mut self, id: ConnId, limit: usize) -> bool {
-        let mut input = mem::take(&mut self.engine.table.buffers(id).input);
-        let start = input.len();
-        input.resize(start + limit, 0);
-        let conn = &mut self.engine.table.conns[id.index()];
-        let result = conn.read(&mut input[start..]);
-        input.truncate(start + *result.as_ref().unwrap_or(&0));
-        match result {
-            Ok(0) => {
-                self.engine.table.buffers(id).input = input;
-                self.peer_eof(id);
-                false
-            }
-            Ok(n) => {
-                self.engine.table.stats.bytes_in += n as u64;
-                conn.last_active = self.engine.table.clock.now_ms;
-                if n < limit && !conn.has(flag::READ_TO_END) {
-                    conn.flags &= !flag::READABLE;
-                }
-                self.offer_input(id, input);
-                true
-            }
-            Err(e) => {
-                self.engine.table.buffers(id).input = input;
-                match e.kind() {
-                    io::ErrorKind::Interrupted => true,
-                    io::ErrorKind::WouldBlock => {
-                        self.engine.table.conns[id.index()].mark_empty();
-                        false
-                    }
-                    _ => {
-                        self.engine.table.fail(id, e);
-                        false
-                    }
-                }
-            }
         }
     }
 
