@@ -25,11 +25,12 @@ use std::time::Duration;
 use slab::Slab;
 use socket2::Socket;
 
-use crate::conn::{Buffers, Conn, Lifecycle};
+use crate::conn::{Conn, Lifecycle};
 use crate::id::Generations;
 use crate::stop::{Stop, StopRequest};
 use crate::timer::{Clock, Target, Timers, deadline_after};
 use crate::{CloseReason, Config, ConnId, Stats};
+use pool::BufferPool;
 
 /// The byte limits the table enforces, copied out of [`Config`].
 #[derive(Debug, Clone, Copy)]
@@ -89,26 +90,24 @@ pub(crate) struct ConnTable {
     /// pending. A busy turn tests this one flag instead of each of them;
     /// the turn that does the work sets it again from what is left.
     pub(crate) chores: bool,
-    /// Boxed because connections hold their buffers boxed: a pooled box
-    /// moves into a connection as it is, with no allocation.
-    #[allow(clippy::vec_box)]
-    pool: Vec<Box<Buffers>>,
+    pool: BufferPool,
     generations: Generations,
 }
 
 impl ConnTable {
     pub(crate) fn new(config: &Config) -> ConnTable {
+        let limits = Limits::from_config(config);
         ConnTable {
             conns: Slab::with_capacity(config.max_connections.min(1024)),
             stats: Stats::default(),
-            limits: Limits::from_config(config),
+            limits,
             closed: VecDeque::new(),
             ready: VecDeque::new(),
             stop: Stop::default(),
             timers: Timers::default(),
             clock: Clock::new(),
             chores: false,
-            pool: Vec::new(),
+            pool: BufferPool::new(&limits),
             generations: Generations::default(),
         }
     }

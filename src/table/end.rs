@@ -78,7 +78,7 @@ impl ConnTable {
             report.unsent_bytes += dropped;
         }
         if let Some(bufs) = bufs {
-            self.recycle(bufs);
+            self.pool.put(bufs);
         }
         match &reason {
             CloseReason::Reset => {
