@@ -27,7 +27,8 @@ use tcp_reactor::{Reactor, Stats};
 enum Seen {
     Open {
         id: ConnId,
-        peer: Addr,
+        /// Boxed, as `Error` boxes it: a Unix address is large.
+        peer: Box<Addr>,
         listener: ListenerId,
     },
     /// A listener closed on a message.
@@ -37,7 +38,7 @@ enum Seen {
         was_open: bool,
         again: bool,
         /// `listener_addr` once closed.
-        addr_after: Option<Addr>,
+        addr_after: Option<Box<Addr>>,
         /// `listeners()` once closed.
         open: Vec<ListenerId>,
     },
@@ -64,7 +65,7 @@ impl Handler for Multi {
     ) -> ListenerId {
         let _ = self.seen.send(Seen::Open {
             id,
-            peer: peer.clone(),
+            peer: Box::new(peer.clone()),
             listener,
         });
         listener
@@ -88,7 +89,7 @@ impl Handler for Multi {
             listener,
             was_open,
             again,
-            addr_after: cx.listener_addr(listener),
+            addr_after: cx.listener_addr(listener).map(Box::new),
             open: cx.listeners().collect(),
         });
     }
@@ -158,7 +159,7 @@ fn wait_open(seen: &mut Reports<Seen>, listener: ListenerId) -> (ConnId, Addr) {
             id,
             peer,
             listener: from,
-        } if from == listener => Ok((id, peer)),
+        } if from == listener => Ok((id, *peer)),
         other => Err(other),
     })
 }
