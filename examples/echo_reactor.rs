@@ -13,13 +13,13 @@
 //! Once every listener is up, stdout gets one line per listener: first
 //! `listening on HOST:PORT` for each `--addr` in the order given (the real
 //! bound address, also for port 0), then `listening on unix:PATH` for each
-//! `--unix` in the order given. So the first line is always the first
-//! `--addr`'s, wherever the flags stand on the command line, and scripts
-//! that read only the first line keep working. A listener that cannot be
-//! set up (address in use, a path in a missing directory, a file that is
-//! not a socket) stops the program before it prints anything: one line on
-//! stderr, exit code 1. Bad flags, and an address or path given twice,
-//! exit 2.
+//! `--unix` in the order given. So with any `--addr` the first line is the
+//! first `--addr`'s, wherever the flags stand on the command line, and
+//! scripts that read only the first line keep working. A listener that
+//! cannot be set up (address in use, a path in a missing directory, a file
+//! that is not a socket) stops the program before it prints anything: one
+//! line on stderr, exit code 1. Bad flags, and an address or path given
+//! twice, exit 2.
 //!
 //! A Unix socket file left by a server that is gone is replaced; the file
 //! this program creates is removed when it exits.
@@ -66,10 +66,11 @@ stops it gracefully (pending echoes are delivered); a second one at once.
 With neither --addr nor --unix it listens on 127.0.0.1:7890; with only --unix,
 on no TCP address. Once every listener is up it prints one line per listener:
 'listening on HOST:PORT' for each --addr (the real port for port 0), then
-'listening on unix:PATH' for each --unix, each kind in the order given; the
-first line is always the first --addr's. A listener that cannot be set up
-(address in use, bad path) is a message on stderr and exit code 1, before
-anything is printed; bad flags, or an address or path given twice, exit 2.";
+'listening on unix:PATH' for each --unix, each kind in the order given; with
+any --addr, the first line is the first --addr's. A listener that cannot be
+set up (address in use, bad path) is a message on stderr and exit code 1,
+before anything is printed; bad flags, or an address or path given twice,
+exit 2.";
 
 struct Args {
     /// TCP listeners, in the order given.
