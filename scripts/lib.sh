@@ -92,5 +92,7 @@ start_server() {
     PIDS+=("$SERVER_PID")
     wait_for '^listening on ' "$prefix.out" 60 ||
         die "$(basename "$exe") did not start: $(tail -5 "$prefix.err")"
-    SERVER_ADDR=$(sed -n 's/^listening on //p' "$prefix.out")
+    # The first line is the --addr above; flags in ECHO_REACTOR_ARGS may add
+    # listeners, one line each after it.
+    SERVER_ADDR=$(sed -n '1s/^listening on //p' "$prefix.out")
 }

@@ -557,9 +557,12 @@ fn is_plain_readable(event: &Event) -> bool {
 }
 
 impl<H: Handler> Drop for Reactor<H> {
-    /// Handles refuse every call once the reactor is gone.
+    /// Handles refuse every call once the reactor is gone, and listeners
+    /// close as `close_listener` closes them: a Unix socket file the
+    /// reactor created is removed.
     fn drop(&mut self) {
         self.core.handle.close();
+        self.core.engine.close_listeners();
     }
 }
 

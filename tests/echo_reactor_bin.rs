@@ -1,6 +1,8 @@
 //! The `echo_reactor` example as a program: its command line, the first
 //! line it prints, echo over IPv4 and IPv6 loopback, idle timeouts, and
-//! stopping on SIGINT and SIGTERM (gracefully, then at once).
+//! stopping on SIGINT and SIGTERM (gracefully, then at once); several
+//! listeners (repeated `--addr`, `--unix`): their lines, their echo, their
+//! socket files, and the listeners that cannot be set up.
 //!
 //! Socket states are observed in `/proc/net/tcp` (Linux, IPv4), never
 //! guessed from elapsed time.
@@ -13,6 +15,8 @@ mod common;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -281,7 +285,13 @@ fn help_exits_0_and_describes_the_flags() {
         let status = program.wait(DEADLINE);
         assert!(status.success(), "{flag}: {status}");
         let help = program.rest_of_stdout();
-        for option in ["--addr", "--max-conns", "--idle-timeout", "--drain-timeout"] {
+        for option in [
+            "--addr",
+            "--unix",
+            "--max-conns",
+            "--idle-timeout",
+            "--drain-timeout",
+        ] {
             assert!(
                 help.contains(option),
                 "{flag} output lacks {option}: {help}"
@@ -872,4 +882,324 @@ fn bad_timeouts_exit_2_with_one_line_on_stderr() {
         );
         assert_eq!(program.rest_of_stdout(), "", "{args:?}: nothing on stdout");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Several listeners: repeated --addr, and --unix.
+
+/// A directory of the test's own for socket files, removed with whatever is
+/// left in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Short: a socket path must fit in a socket address (about 107
+        // bytes).
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("echo_reactor_bin-{}-{n}", std::process::id()));
+        // Left by an earlier run whose pid this one reuses.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    /// `name` in the directory, as a string for the command line.
+    fn join(&self, name: &str) -> String {
+        let path = self.0.join(name);
+        path.to_str().expect("a UTF-8 temp dir").to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `path` is a socket file.
+fn is_socket_file(path: &str) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+fn unix_connect(path: &str) -> UnixStream {
+    let stream = UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect to the example at {path}: {e}"));
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.set_write_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+}
+
+/// One request and its echo over the Unix socket at `path`, then a
+/// half-close and the server's EOF.
+fn unix_ping(path: &str) {
+    let mut stream = unix_connect(path);
+    stream.write_all(b"ping\n").expect("write");
+    let mut back = [0; 5];
+    stream.read_exact(&mut back).expect("the echo");
+    assert_eq!(&back, b"ping\n");
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("EOF after our FIN");
+    assert_eq!(rest, b"");
+}
+
+/// The address of a `listening on HOST:PORT` line, which must name a real
+/// port on `ip`.
+fn tcp_line(line: &str, ip: &str) -> SocketAddr {
+    let bound: SocketAddr = line
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?} is not 'listening on HOST:PORT'"));
+    assert_eq!(bound.ip().to_string(), ip, "{line:?}");
+    assert_ne!(bound.port(), 0, "{line:?} must give the real port");
+    bound
+}
+
+/// Whether `[::1]` can be listened on here.
+fn has_ipv6_loopback() -> bool {
+    match TcpListener::bind("[::1]:0") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("no IPv6 loopback ([::1]:0 does not bind: {e}): IPv4 only");
+            false
+        }
+    }
+}
+
+#[test]
+fn every_listener_gets_its_line_tcp_first_each_echoes_and_sigterm_removes_the_socket_files() {
+    let dir = TempDir::new();
+    let (first_sock, second_sock) = (dir.join("a.sock"), dir.join("b.sock"));
+    let ipv6 = has_ipv6_loopback();
+    // A --unix first on the command line: the TCP lines come first anyway.
+    let mut args = vec!["--unix", &first_sock, "--addr", "127.0.0.1:0"];
+    args.extend(["--addr", "127.0.0.1:0", "--unix", &second_sock]);
+    if ipv6 {
+        args.extend(["--addr", "[::1]:0"]);
+    }
+    let mut program = Running::example(&args);
+    let mut tcp = vec![
+        tcp_line(&program.next_line().expect("line 1"), "127.0.0.1"),
+        tcp_line(&program.next_line().expect("line 2"), "127.0.0.1"),
+    ];
+    assert_ne!(tcp[0], tcp[1], "two listeners on port 0, two ports");
+    if ipv6 {
+        tcp.push(tcp_line(&program.next_line().expect("line 3"), "::1"));
+    }
+    for path in [&first_sock, &second_sock] {
+        assert_eq!(
+            program.next_line().as_deref(),
+            Some(format!("listening on unix:{path}").as_str()),
+            "the Unix lines follow, in the order given"
+        );
+        assert!(is_socket_file(path), "{path} is a socket while it listens");
+    }
+
+    for &addr in &tcp {
+        ping(addr);
+        echo_then_half_close(addr, 64 * 1024);
+    }
+    unix_ping(&first_sock);
+    unix_ping(&second_sock);
+    let accepted = 2 * tcp.len() + 2;
+
+    program.signal(libc::SIGTERM);
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_eq!(
+        program.rest_of_stdout(),
+        "",
+        "one line per listener, no more"
+    );
+    for path in [&first_sock, &second_sock] {
+        assert!(
+            std::fs::symlink_metadata(path).is_err(),
+            "{path} is removed on exit"
+        );
+        let refused = UnixStream::connect(path).expect_err("nothing listens after the stop");
+        assert_eq!(refused.kind(), ErrorKind::NotFound, "{path}: {refused}");
+    }
+    for &addr in &tcp {
+        assert_refused(addr);
+    }
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(
+        line.contains(&format!(" {accepted} accepted, {accepted} closed")),
+        "{line}"
+    );
+}
+
+/// The inodes of the sockets the process `pid` holds (`socket:[N]` links
+/// in `/proc/PID/fd`).
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the program's /proc fd directory")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The inodes of the sockets a `/proc/net` table lists (column `column`),
+/// with the rest of each row; an absent table (no IPv6) lists none.
+fn proc_net_inodes(table: &str, column: usize) -> Vec<(u64, String)> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/net/{table}")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|row| {
+            let inode = row.split_whitespace().nth(column)?.parse().ok()?;
+            Some((inode, row.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn with_only_unix_it_listens_on_no_tcp_address() {
+    let dir = TempDir::new();
+    let path = dir.join("only.sock");
+    let mut program = Running::example(&["--unix", &path]);
+    assert_eq!(
+        program.next_line().as_deref(),
+        Some(format!("listening on unix:{path}").as_str()),
+        "the first line is the Unix listener's"
+    );
+    unix_ping(&path);
+    // The program's sockets, and how the kernel lists them: the socket
+    // file's (a control that the lookup works), and not one TCP socket,
+    // so not the default 127.0.0.1:7890 either.
+    let mine = socket_inodes(program.child.id());
+    let unix = proc_net_inodes("unix", 6);
+    assert!(
+        unix.iter()
+            .any(|(inode, row)| mine.contains(inode) && row.ends_with(&path)),
+        "the program holds the socket at {path}: {mine:?}"
+    );
+    for table in ["tcp", "tcp6"] {
+        let tcp: Vec<_> = proc_net_inodes(table, 9)
+            .into_iter()
+            .filter(|(inode, _)| mine.contains(inode))
+            .collect();
+        assert!(tcp.is_empty(), "TCP sockets of the program: {tcp:?}");
+    }
+    program.signal(libc::SIGTERM);
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_eq!(program.rest_of_stdout(), "", "one listener, one line");
+    assert!(!is_socket_file(&path), "{path} is removed on exit");
+}
+
+/// Runs the example with `args`, which must fail with `code` before
+/// printing anything, and returns its one line on stderr.
+fn fails_with(args: &[&str], code: i32) -> String {
+    let mut program = Running::example(args);
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(code), "{args:?}: {status}");
+    assert_eq!(program.rest_of_stdout(), "", "{args:?}: nothing on stdout");
+    let stderr = program.stderr();
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: stderr: {stderr:?}");
+    assert!(stderr.starts_with("echo_reactor: "), "{args:?}: {stderr:?}");
+    stderr
+}
+
+#[test]
+fn an_address_or_path_given_twice_and_bad_paths_exit_2_naming_the_flag() {
+    let dir = TempDir::new();
+    let path = dir.join("twice.sock");
+    // A port this test holds: were the repeat not caught, the bind would
+    // fail (exit 1), never listen on a port of someone else's.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held = held.local_addr().expect("its address").to_string();
+    let too_long = dir.join(&"x".repeat(120));
+    // The arguments, and what the one line on stderr must say.
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--addr", &held, "--addr", &held],
+            &["--addr", "given twice"],
+        ),
+        (
+            &["--unix", &path, "--unix", &path],
+            &["--unix", "given twice"],
+        ),
+        (&["--unix", ""], &["--unix", "empty"]),
+        (&["--unix", &too_long], &["--unix", "too long"]),
+        (&["--unix"], &["--unix", "needs a value"]),
+    ];
+    for (args, says) in cases {
+        let stderr = fails_with(args, 2);
+        for words in says {
+            assert!(
+                stderr.contains(words),
+                "{args:?}: says {words:?}: {stderr:?}"
+            );
+        }
+    }
+    assert!(
+        std::fs::symlink_metadata(&path).is_err(),
+        "nothing was bound at {path}"
+    );
+}
+
+#[test]
+fn a_listener_that_cannot_be_set_up_exits_1_before_printing_and_leaves_no_socket_file() {
+    let dir = TempDir::new();
+    let bound_first = dir.join("first.sock");
+
+    // A TCP port in use, after one that binds.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held_addr = held.local_addr().expect("its address").to_string();
+    let stderr = fails_with(&["--addr", "127.0.0.1:0", "--addr", &held_addr], 1);
+    assert!(
+        stderr.contains(&format!("bind {held_addr}")) && stderr.contains("in use"),
+        "{stderr:?}"
+    );
+
+    // A Unix path in a directory that does not exist, after one that binds:
+    // the socket file made first is removed.
+    let missing = dir.join("no-such-dir/x.sock");
+    let stderr = fails_with(&["--unix", &bound_first, "--unix", &missing], 1);
+    assert!(stderr.contains(&format!("bind {missing}")), "{stderr:?}");
+    assert!(
+        std::fs::symlink_metadata(&bound_first).is_err(),
+        "{bound_first}, bound before the failure, is removed"
+    );
+
+    // A file that is not a socket: left alone, and the message says why.
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").expect("write the file");
+    let stderr = fails_with(&["--unix", &file], 1);
+    assert!(
+        stderr.contains(&format!("bind {file}")) && stderr.contains("not a socket"),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("the file is still there"),
+        b"keep me"
+    );
+
+    // A socket another server listens on: in use, and left to it.
+    let live = dir.join("live.sock");
+    let other = UnixListener::bind(&live).expect("bind the other server");
+    let stderr = fails_with(&["--unix", &live], 1);
+    assert!(
+        stderr.contains(&format!("bind {live}")) && stderr.contains("in use"),
+        "{stderr:?}"
+    );
+    // Non-blocking, so this cannot wait: a Unix connect is queued on the
+    // listener before it returns.
+    other.set_nonblocking(true).expect("O_NONBLOCK");
+    let _client = unix_connect(&live);
+    other
+        .accept()
+        .expect("the other server still gets connections");
 }

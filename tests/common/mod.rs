@@ -552,3 +552,71 @@ pub fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     stream.read_exact(&mut back).expect("read echo");
     back
 }
+
+/// Runs a reactor the test built and set up itself ([`Reactor::new`], then
+/// listeners, sources or connects through [`Reactor::context`]) on a new
+/// thread, as [`start`] runs a bound one. `addr` is its first TCP
+/// listener's address ([`Reactor::local_addr`]), or port 0 on loopback
+/// when it has none.
+pub fn run_on_thread<H>(mut reactor: Reactor<H>) -> Server<H>
+where
+    H: Handler + Send + 'static,
+    H::Conn: Send + 'static,
+    H::Message: Send,
+{
+    let addr = reactor.local_addr().unwrap_or_else(any_local_address);
+    let stats = reactor.stats_reader();
+    let handle = reactor.handle();
+    let thread = std::thread::spawn(move || {
+        reactor
+            .run()
+            .expect("run must not fail for anything a peer does");
+        reactor
+    });
+    Server {
+        addr,
+        stats,
+        handle,
+        thread: Some(thread),
+    }
+}
+
+/// A fresh directory under [`std::env::temp_dir`] with a name no other test
+/// (or process) uses, for Unix socket files; removed with what it holds
+/// when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    #[track_caller]
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("tcp-reactor-{tag}-{}-{n}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return TempDir(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!("creating {}: {e}", path.display()),
+            }
+        }
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether this machine has an IPv6 loopback (a std listener can bind
+/// `[::1]:0`); tests of IPv6 skip, saying so, without one.
+pub fn has_ipv6_loopback() -> bool {
+    std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
