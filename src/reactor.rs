@@ -229,20 +229,25 @@ impl<H: Handler> Reactor<H> {
 impl<H: Handler> Core<H> {
     /// Steps 3 to 8 of a turn, once `epoll_wait` has filled `events`.
     fn serve_turn(&mut self, events: &Events) {
+        // The end of step 2: the clock, read once for the turn.
         if self.needs_clock() {
             self.engine.table.clock.read();
         }
         let carried = self.engine.table.ready.len();
+        // 3. Dispatch.
         self.dispatch_events(events);
         // Most turns of a busy loop have nothing more to do: a test of the
         // chores flag (before and after the timers, which may close
         // connections or ask for a stop) and one of the timer heap.
+        // 4. Ready queue, 5. accept.
         if self.engine.table.chores {
             self.serve_ready_and_accept(carried);
         }
+        // 6. Timers.
         if !self.engine.table.timers.is_empty() {
             self.fire_timers();
         }
+        // 7. Close, 8. stop.
         if self.engine.table.chores {
             self.close_and_stop();
         }
@@ -382,6 +387,10 @@ impl<H: Handler> Core<H> {
         }
     }
 
+    /// Step 3 for one connection: a plain readable edge on a connection at
+    /// rest is read at once (the fast path); any other event completes a
+    /// connect under way, notes what the edge said, flushes queued output,
+    /// then reads within the budget.
     fn connection_event(&mut self, id: ConnId, event: &Event) {
         // A stale event for an earlier tenant of the slot finds nothing.
         let Some(conn) = tenant_mut(&mut self.engine.table.conns, id) else {

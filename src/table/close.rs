@@ -90,8 +90,9 @@ impl ConnTable {
         if conn.has(flag::READ_CLOSED) {
             self.end_clean(id);
         } else if conn.lifecycle == Lifecycle::Closing {
-            // The peer has sent nothing since the close began: unless
-            // something is waiting after all, there is nothing to linger for.
+            // Closing, not Lingering: the peer has sent nothing since the
+            // close began. Unless something is waiting after all, there is
+            // nothing to linger for.
             self.end_if_peer_quiet(id);
         }
     }
