@@ -249,10 +249,13 @@
 //! | module | job |
 //! | --- | --- |
 //! | `config` | [`Config`]: defaults and the rules they keep |
-//! | `listener` | the listening socket, built with `socket2` |
+//! | `listener` | listening sockets (TCP and Unix), built with `socket2`, and [`ListenerOptions`] |
+//! | `endpoint` | what is polled besides connections: listeners and the program's sources |
+//! | `engine` | what callbacks and the loop both act on: the table, handler states, endpoints, the poller |
 //! | `reactor` | [`Reactor`]: the loop, one turn at a time |
-//! | `reactor/read` | serving a connection's input: reads, leftovers, EOF |
+//! | `reactor/read` | serving a connection's input: the one after-read step, leftovers, EOF |
 //! | `reactor/accept` | accepting: budgets, limits, the pause after `EMFILE` |
+//! | `reactor/outbound` | a connect under way, done at its first writable edge |
 //! | `reactor/stop` | stopping: the graceful drain, `stop_now`, the report |
 //! | `reactor/signals` | `Reactor::stop_on_signals` (feature `signals`) |
 //! | `table` | the slab of connections: slots, ids, lookups |
@@ -262,12 +265,14 @@
 //! | `table/close` | the close protocol: `close`, half-close, lingering, the close check |
 //! | `table/deadlines` | connection deadlines: the connect timeout, the idle check |
 //! | `table/end` | how a connection ends; the one place that counts the stop report |
-//! | `conn` | one connection's state and buffers |
+//! | `conn` | one connection: its lifecycle (with a diagram), bits and buffers |
+//! | `connect` | outbound connects: starting one, its result, [`ConnectError`] |
+//! | `addr` | [`Addr`]: a TCP or a Unix socket address |
 //! | `handler` | [`Handler`] and [`CloseReason`] |
 //! | `context` | [`Context`]: what a callback may do |
 //! | `timer` | timers and connection deadlines: one heap, [`TimerId`] |
 //! | `handle` | [`Handle`]: other threads' way in (waker + command queue) |
-//! | `stop` | [`StopReport`] |
+//! | `stop` | the stop: what was asked, how far it is, [`StopReport`] |
 //! | `id` | [`ConnId`] and the tokens it travels in |
 //! | `stats` | [`Stats`] and [`StatsReader`] |
 //! | `echo` | [`Echo`], the echo handler |
