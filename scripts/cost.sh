@@ -6,7 +6,8 @@
 #  1. user-space instructions per round trip: the server under
 #     `valgrind --tool=callgrind`, driven by echo_bench at CG_RATE round
 #     trips/s (100 connections, 64 B, depth 1) for CG_SHORT s and, in a
-#     fresh run, CG_LONG s; totals dumped with `callgrind_control -d`, then
+#     fresh run, CG_LONG s; totals dumped with `callgrind_control -d` once
+#     the server has closed every connection of the load, then
 #     (Ir long - Ir short) / (round trips long - short), so start-up and
 #     connection set-up cancel out. Round trips are the ones the bench
 #     reports as completed (and verified). With a C compiler, the same for
