@@ -143,6 +143,13 @@ pub(crate) mod flag {
     /// Open when a stop began: how it ends counts in the stop report.
     pub(crate) const IN_STOP_REPORT: u16 = 1 << 11;
 
+    // The lifecycle, mirrored.
+
+    /// The lifecycle is not `Open`. Kept by `Conn::set_lifecycle`, the one
+    /// place the lifecycle changes, so that the hot paths (`at_rest`,
+    /// `send`) test one word rather than the word and the lifecycle.
+    pub(crate) const NOT_OPEN: u16 = 1 << 12;
+
     /// Any of these stops reads (and so do the lifecycles `Connecting` and
     /// `Dead`).
     pub(crate) const NO_READ: u16 = READ_CLOSED | USER_PAUSED | BACKPRESSURED;
@@ -229,13 +236,26 @@ impl Conn {
         } else {
             Lifecycle::Open
         };
-        Conn {
+        let mut conn = Conn {
             socket,
             generation,
-            lifecycle,
+            lifecycle: Lifecycle::Open,
             flags: 0,
             last_active: now_ms,
             bufs: None,
+        };
+        conn.set_lifecycle(lifecycle);
+        conn
+    }
+
+    /// Moves to `lifecycle`, and mirrors "not `Open`" in `flag::NOT_OPEN`.
+    #[inline]
+    fn set_lifecycle(&mut self, lifecycle: Lifecycle) {
+        self.lifecycle = lifecycle;
+        if lifecycle == Lifecycle::Open {
+            self.flags &= !flag::NOT_OPEN;
+        } else {
+            self.flags |= flag::NOT_OPEN;
         }
     }
 
@@ -291,7 +311,8 @@ impl Conn {
     /// the loop serves with the fewest tests.
     #[inline]
     pub(crate) fn at_rest(&self) -> bool {
-        self.flags == 0 && self.lifecycle == Lifecycle::Open && self.bufs.is_none()
+        // `NOT_OPEN` stands for the lifecycle test.
+        self.flags == 0 && self.bufs.is_none()
     }
 
     /// Its `connect` is under way.
@@ -324,11 +345,11 @@ impl Conn {
     /// meanwhile).
     pub(crate) fn connect_done(&mut self) {
         if let Lifecycle::Connecting { close_asked } = self.lifecycle {
-            self.lifecycle = if close_asked {
+            self.set_lifecycle(if close_asked {
                 Lifecycle::Closing
             } else {
                 Lifecycle::Open
-            };
+            });
         }
     }
 
@@ -337,9 +358,9 @@ impl Conn {
     /// already begun.
     pub(crate) fn begin_close(&mut self) -> bool {
         match self.lifecycle {
-            Lifecycle::Open => self.lifecycle = Lifecycle::Closing,
+            Lifecycle::Open => self.set_lifecycle(Lifecycle::Closing),
             Lifecycle::Connecting { close_asked: false } => {
-                self.lifecycle = Lifecycle::Connecting { close_asked: true };
+                self.set_lifecycle(Lifecycle::Connecting { close_asked: true });
             }
             _ => return false,
         }
@@ -352,14 +373,14 @@ impl Conn {
     #[inline]
     pub(crate) fn heard_while_closing(&mut self) {
         if self.lifecycle == Lifecycle::Closing {
-            self.lifecycle = Lifecycle::Lingering;
+            self.set_lifecycle(Lifecycle::Lingering);
         }
     }
 
     /// The end, from any state.
     #[inline]
     pub(crate) fn mark_dead(&mut self) {
-        self.lifecycle = Lifecycle::Dead;
+        self.set_lifecycle(Lifecycle::Dead);
     }
 }
 

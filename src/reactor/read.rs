@@ -177,7 +177,12 @@ impl<H: Handler> Core<H> {
             return;
         }
         let index = id.index();
-        let Some(mut state) = self.engine.states.get_mut(index).and_then(Option::take) else {
+        // Tested, then taken: one compare and one store (a bare `take`
+        // loads, stores and then compares).
+        let Some(slot) = self.engine.states.get_mut(index).filter(|s| s.is_some()) else {
+            return;
+        };
+        let Some(mut state) = slot.take() else {
             return;
         };
         let data = &self.scratch[..n];

@@ -8,7 +8,7 @@ use std::io;
 use socket2::Socket;
 
 use super::{ConnTable, live_mut, tenant_mut};
-use crate::conn::{self, Conn, Lifecycle, flag};
+use crate::conn::{self, Conn, flag};
 use crate::{CloseReason, ConnId, Error};
 
 impl ConnTable {
@@ -21,7 +21,9 @@ impl ConnTable {
         let Some(conn) = tenant_mut(&mut self.conns, id) else {
             return Err(Error::UnknownConnection(id));
         };
-        if conn.lifecycle != Lifecycle::Open || conn.has(flag::NO_WRITE) {
+        // One test for every reason not to write now: not `Open`
+        // (`NOT_OPEN`), or shut down for writing (`NO_WRITE`).
+        if conn.has(flag::NOT_OPEN | flag::NO_WRITE) {
             return self.send_unless_closed(id, data);
         }
         if conn.queued_output() > 0 || data.is_empty() {
