@@ -288,10 +288,11 @@
 //! OpenBSD and DragonFly BSD (tested on Linux). Other targets (mio's poll(2)
 //! and event-port back-ends, Windows) are refused at compile time.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in `affinity` only, for `sched_setaffinity`
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod addr;
+mod affinity;
 mod config;
 mod conn;
 mod connect;
@@ -307,6 +308,7 @@ mod listener;
 mod os_limits;
 mod platform;
 mod reactor;
+mod reactor_set;
 mod stats;
 mod stop;
 mod table;
@@ -323,6 +325,7 @@ pub use handler::{CloseReason, Handler};
 pub use id::{ConnId, ListenerId, SourceId};
 pub use listener::ListenerOptions;
 pub use reactor::Reactor;
+pub use reactor_set::{ReactorReport, ReactorSet, ReactorSetBuilder, SetHandle, SetReport};
 pub use stats::{Stats, StatsReader};
 pub use stop::StopReport;
 pub use timer::TimerId;
