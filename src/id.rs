@@ -155,7 +155,9 @@ impl Generations {
 /// closes: every call with a closed connection's id is refused (or ignored)
 /// rather than reaching whatever connection later took its slot. Ids are
 /// unique across every reactor of the process (up to four billion
-/// connections): an id handed to another reactor is refused there too.
+/// connections; 16 million for a [`ReactorSet`](crate::ReactorSet)'s,
+/// whose ids carry their reactor's index): an id handed to another reactor
+/// is refused there too.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
