@@ -190,13 +190,16 @@ impl<M> Starting<M> {
     }
 }
 
+/// A reactor's thread, and where it says it is ready.
+type Started<M> = (JoinHandle<Outcome>, Receiver<Ready<M>>);
+
 /// Spawns reactor `index`'s thread; the receiver gets its [`Ready`].
 fn start_reactor<H, F>(
     index: usize,
     addr: SocketAddr,
     cpu: Option<usize>,
     shared: &Arc<Shared<F, H::Message>>,
-) -> Result<(JoinHandle<Outcome>, Receiver<Ready<H::Message>>), Error>
+) -> Result<Started<H::Message>, Error>
 where
     H: Handler + 'static,
     F: Fn(usize) -> H + Send + Sync + 'static,
@@ -271,7 +274,7 @@ where
     let builder = &shared.builder;
     let mut reactor = Reactor::new(builder.config.clone(), (shared.factory)(index))?;
     reactor.join_set(index);
-    let options = builder.options.clone().reuse_port(true);
+    let options = builder.options.reuse_port(true);
     reactor.context().listen_with(addr, options)?;
     #[cfg(feature = "signals")]
     if builder.signals {
@@ -296,7 +299,7 @@ impl<M> Drop for StopsTheSet<'_, M> {
 /// does with `SO_REUSEPORT` and what a stop does.
 ///
 /// Made by [`ReactorSet::builder`]. Stop it through its [`SetHandle`]
-/// (or a signal, with [`ReactorSetBuilder::stop_on_signals`]; or any
+/// (or a signal, with `ReactorSetBuilder::stop_on_signals`; or any
 /// reactor's own [`Context::stop`](crate::Context::stop): when one reactor
 /// stops, the set stops), then [`join`](Self::join) it for the report.
 /// Dropped without a `join`, it stops at once and joins its threads.

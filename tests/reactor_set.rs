@@ -165,9 +165,11 @@ fn connections_land_on_every_reactor_and_the_stats_add_up() {
     let (placed, others) = one_client_per_reactor(set.local_addr(), &mut reports);
     let opened = (placed.len() + others.len()) as u64;
 
-    // Each reactor publishes its counters once per turn: wait for them.
+    // Each reactor publishes its counters once per turn, after the turn
+    // that echoed: wait for them.
     wait_until("every reactor's counters", || {
-        set.stats().iter().map(|s| s.accepted).sum::<u64>() == opened
+        let total = set.total_stats();
+        total.accepted == opened && total.bytes_in == 3 * opened
     });
     let each = set.stats();
     assert!(each.iter().all(|s| s.accepted >= 1), "{each:?}");
