@@ -2,8 +2,15 @@
 //!
 //! ```text
 //! cargo run --release --example echo_reactor -- [--addr HOST:PORT]... [--unix PATH]...
-//!     [--max-conns N] [--idle-timeout SECS] [--drain-timeout SECS]
+//!     [--max-conns N] [--idle-timeout SECS] [--drain-timeout SECS] [--threads N]
 //! ```
+//!
+//! `--threads N` (default 1) runs N reactors on N threads, each with its own
+//! listener on the one `--addr` (`SO_REUSEPORT`: the kernel spreads the
+//! connections), through `ReactorSet`. The first line is still `listening
+//! on HOST:PORT`; a signal stops every reactor; the `stopped:` line adds up
+//! every reactor's counters and stop report, and lists each reactor's
+//! accepted connections.
 //!
 //! It listens on every `--addr` (TCP) and every `--unix` (a Unix domain
 //! socket at PATH), all served by one loop; each flag may be repeated. With
@@ -35,7 +42,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tcp_reactor::{Addr, Config, Echo, Error, ListenerId, Reactor, Stats, StopReport};
+use tcp_reactor::{Addr, Config, Echo, Error, ListenerId, Reactor, ReactorSet, Stats, StopReport};
 
 /// Connections on which nothing has moved for this long are closed, unless
 /// `--idle-timeout` says otherwise: without a limit, silent peers could
@@ -50,7 +57,7 @@ const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 
 const USAGE: &str = "\
 usage: echo_reactor [--addr HOST:PORT]... [--unix PATH]... [--max-conns N]
-                    [--idle-timeout SECS] [--drain-timeout SECS]
+                    [--idle-timeout SECS] [--drain-timeout SECS] [--threads N]
 
 Echoes every byte back on the connection it came from. SIGINT or SIGTERM
 stops it gracefully (pending echoes are delivered); a second one at once.
@@ -61,6 +68,9 @@ stops it gracefully (pending echoes are delivered); a second one at once.
   --max-conns N          connections held at once (default: the open-file limit less a reserve)
   --idle-timeout SECS    close connections idle that long (default 300; 0: never)
   --drain-timeout SECS   how long a graceful stop waits for connections to drain (default 5)
+  --threads N            N reactors on N threads, one listener each on the one --addr
+                         (SO_REUSEPORT); --max-conns is then per reactor, by
+                         default the open-file limit's share (default 1)
   -h, --help             print this help
 
 With neither --addr nor --unix it listens on 127.0.0.1:7890; with only --unix,
@@ -81,6 +91,8 @@ struct Args {
     /// `None`: never.
     idle_timeout: Option<Duration>,
     drain_timeout: Option<Duration>,
+    /// Reactors, each on its own thread.
+    threads: usize,
 }
 
 /// Seconds, fractions allowed, as a positive `Duration`.
@@ -101,6 +113,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         max_conns: None,
         idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         drain_timeout: None,
+        threads: 1,
     };
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -154,11 +167,24 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--drain-timeout" => {
                 parsed.drain_timeout = Some(seconds(&flag, &value("--drain-timeout")?)?);
             }
+            "--threads" => {
+                let text = value("--threads")?;
+                parsed.threads =
+                    text.parse()
+                        .ok()
+                        .filter(|n| (1..=256).contains(n))
+                        .ok_or(format!(
+                            "--threads: '{text}' is not a whole number from 1 to 256"
+                        ))?;
+            }
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
     }
     if parsed.addrs.is_empty() && parsed.unix.is_empty() {
         parsed.addrs.push(DEFAULT_ADDR);
+    }
+    if parsed.threads > 1 && (parsed.addrs.len() != 1 || !parsed.unix.is_empty()) {
+        return Err("--threads above 1 serves exactly one --addr and no --unix".to_string());
     }
     Ok(Some(parsed))
 }
@@ -184,6 +210,11 @@ fn main() -> ExitCode {
     if let Some(n) = args.max_conns {
         config = config.max_connections(n);
     }
+    if args.threads > 1 && args.max_conns.is_none() {
+        // The reactors share the process's descriptors.
+        let share = (config.max_connections / args.threads).max(1);
+        config = config.max_connections(share);
+    }
     config = config.idle_timeout(args.idle_timeout);
     if let Some(drain) = args.drain_timeout {
         config = config.drain_timeout(drain);
@@ -196,6 +227,15 @@ fn main() -> ExitCode {
         None => format!("up to {} connections at once", config.max_connections),
     };
 
+    if args.threads > 1 {
+        return match serve_set(&args, config, &capacity) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("echo_reactor: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut reactor = match Reactor::new(config, Echo) {
         Ok(reactor) => reactor,
         Err(e) => {
@@ -254,7 +294,33 @@ fn serve(reactor: &mut Reactor<Echo>, args: &Args, capacity: &str) -> Result<(),
     let stats = reactor.stats();
     log::info!(
         "{} (after {} signal(s))",
-        summary(&stats, &report),
+        summary(&stats, &report, &[]),
+        stats.signals
+    );
+    Ok(())
+}
+
+/// `--threads N` above 1: N reactors on the one `--addr`, stopped together
+/// by a signal. `Err` is the message for stderr.
+fn serve_set(args: &Args, config: Config, capacity: &str) -> Result<(), String> {
+    let addr = args.addrs[0];
+    let set = ReactorSet::builder(args.threads, config)
+        .stop_on_signals()
+        .bind(addr, |_| Echo)
+        .map_err(|e| listen_error(&Addr::Tcp(addr), &e))?;
+    let line = listening_line(&Addr::Tcp(set.local_addr()));
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("writing to stdout: {e}"))?;
+    drop(stdout);
+    log::info!("{} reactors, each {capacity}", args.threads);
+    let stopped = set.join().map_err(|e| e.to_string())?;
+    let stats = stopped.stats();
+    let accepted_by_each: Vec<u64> = stopped.reactors.iter().map(|r| r.stats.accepted).collect();
+    log::info!(
+        "{} (after {} signal(s))",
+        summary(&stats, &stopped.report(), &accepted_by_each),
         stats.signals
     );
     Ok(())
@@ -286,10 +352,17 @@ fn listen_error(addr: &Addr, error: &Error) -> String {
     message
 }
 
-/// The one line logged on stop.
-fn summary(stats: &Stats, report: &StopReport) -> String {
+/// The one line logged on stop; with several reactors, each one's accepted
+/// connections follow the total (`1000 accepted (per reactor: 503 497)`).
+fn summary(stats: &Stats, report: &StopReport, accepted_by_each: &[u64]) -> String {
+    let each = if accepted_by_each.len() > 1 {
+        let each: Vec<String> = accepted_by_each.iter().map(u64::to_string).collect();
+        format!(" (per reactor: {})", each.join(" "))
+    } else {
+        String::new()
+    };
     format!(
-        "stopped: {} accepted, {} closed ({} reset, {} timed out), {} bytes in, {} bytes out; drain: {report}",
+        "stopped: {} accepted{each}, {} closed ({} reset, {} timed out), {} bytes in, {} bytes out; drain: {report}",
         stats.accepted,
         stats.closed,
         stats.resets,

@@ -258,6 +258,46 @@ impl<'a, S> Context<'a, S> {
         self.engine.add_listener(listener, nodelay)
     }
 
+    /// Serves a TCP connection accepted elsewhere (by an acceptor thread,
+    /// or handed over by another process) as if this reactor had accepted
+    /// it, with `state` as its handler state: `on_open` is not called. It
+    /// is made non-blocking and gets the accepted sockets' options
+    /// (`TCP_NODELAY` as [`Config::nodelay`](crate::Config::nodelay) says,
+    /// keepalive); bytes already waiting on it are read on the next turn.
+    /// Counted in [`Stats::accepted`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] once a stop was asked for;
+    /// [`Error::ConnectionLimit`] at `max_connections`; [`Error::Register`]
+    /// when it cannot be made non-blocking or polled. The stream is closed
+    /// then.
+    pub fn adopt_tcp_stream(
+        &mut self,
+        stream: std::net::TcpStream,
+        state: S,
+    ) -> Result<ConnId, Error> {
+        let engine = &mut *self.engine;
+        if engine.table.stop.is_requested() {
+            return Err(Error::Stopped);
+        }
+        if !engine.below_max_connections() {
+            return Err(Error::ConnectionLimit);
+        }
+        let register = |source| Error::Register {
+            op: "adopting a TCP stream",
+            source,
+        };
+        stream.set_nonblocking(true).map_err(register)?;
+        let socket = socket2::Socket::from(std::os::fd::OwnedFd::from(stream));
+        let nodelay = engine.config.nodelay;
+        let id = engine
+            .add_connection(socket, true, nodelay, Origin::Accepted)
+            .map_err(register)?;
+        engine.states[id.index()] = Some(state);
+        Ok(id)
+    }
+
     /// Serves a Unix listener the program bound itself. Its socket file is
     /// the program's: the reactor never removes it.
     ///

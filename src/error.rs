@@ -111,6 +111,31 @@ pub enum Error {
     #[error("the reactor has stopped")]
     Stopped,
 
+    /// A thread of a [`ReactorSet`](crate::ReactorSet) could not be set up:
+    /// spawning it, or pinning it to its CPU (`sched_setaffinity`).
+    #[error("reactor {reactor} of the set: {op}: {source}")]
+    Thread {
+        /// The reactor's index in the set.
+        reactor: usize,
+        /// The failing operation.
+        op: &'static str,
+        /// The OS reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A reactor of a [`ReactorSet`](crate::ReactorSet) panicked (its
+    /// handler, or its factory); the others were stopped.
+    #[error("reactor {reactor} of the set panicked")]
+    Panicked {
+        /// The reactor's index in the set.
+        reactor: usize,
+    },
+
+    /// A [`ReactorSet`](crate::ReactorSet) has no reactor with this index.
+    #[error("the set has no reactor {0}")]
+    NoSuchReactor(usize),
+
     /// A per-connection query failed (for example `getpeername` on a peer
     /// that already reset).
     #[error("{op} on connection {id}: {source}")]

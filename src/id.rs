@@ -71,11 +71,42 @@ pub(crate) fn token_kind(token: Token) -> TokenKind {
 
 /// Hands out generations: from one process-wide counter, in blocks, so
 /// reactors on other threads rarely touch the shared cache line.
-#[derive(Debug, Default)]
+///
+/// A reactor of a [`ReactorSet`](crate::ReactorSet) is *tagged*: its
+/// generations carry its index in their top [`REACTOR_BITS`] bits, so the
+/// set's handle reads from an id which reactor holds it. The other bits
+/// still come from the shared counter, so a tagged id stays unique in the
+/// process until that counter has moved 2^24 times (16 million
+/// connections), an untagged one until 2^32.
+#[derive(Debug)]
 pub(crate) struct Generations {
     next: u32,
     end: u32,
+    /// The bits of the counter a generation keeps: all of them, or all but
+    /// the tag's.
+    keep: u32,
+    /// The reactor's index in its set, in the top bits; 0 untagged.
+    tag: u32,
 }
+
+impl Default for Generations {
+    fn default() -> Generations {
+        Generations {
+            next: 0,
+            end: 0,
+            keep: u32::MAX,
+            tag: 0,
+        }
+    }
+}
+
+/// The top bits of a tagged generation: the reactor's index in its set.
+pub(crate) const REACTOR_BITS: u32 = 8;
+
+/// The most reactors one set can hold: one per tag.
+pub(crate) const MAX_REACTORS: usize = 1 << REACTOR_BITS;
+
+const TAG_SHIFT: u32 = 32 - REACTOR_BITS;
 
 /// The next block of generations for any reactor in the process.
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(1);
@@ -84,8 +115,20 @@ static NEXT_BLOCK: AtomicU32 = AtomicU32::new(1);
 const BLOCK: u32 = 1024;
 
 impl Generations {
+    /// Generations that name reactor `index` of a set (below
+    /// [`MAX_REACTORS`]).
+    pub(crate) fn tagged(index: usize) -> Generations {
+        debug_assert!(index < MAX_REACTORS);
+        Generations {
+            keep: u32::MAX >> REACTOR_BITS,
+            tag: (index as u32) << TAG_SHIFT,
+            ..Generations::default()
+        }
+    }
+
     /// A generation no other id of this process has (until the 32-bit
-    /// counter wraps, after four billion connections).
+    /// counter wraps, after four billion connections; a tagged one, until
+    /// its 24 bits wrap).
     #[inline]
     pub(crate) fn take(&mut self) -> u32 {
         if self.next == self.end {
@@ -93,7 +136,7 @@ impl Generations {
             self.next = block.wrapping_mul(BLOCK);
             self.end = self.next.wrapping_add(BLOCK);
         }
-        let generation = self.next;
+        let generation = (self.next & self.keep) | self.tag;
         self.next = self.next.wrapping_add(1);
         generation
     }
@@ -101,7 +144,7 @@ impl Generations {
     /// The generation `take` will return next, without taking it.
     pub(crate) fn peek(&mut self) -> u32 {
         let generation = self.take();
-        self.next = generation;
+        self.next = self.next.wrapping_sub(1);
         generation
     }
 }
@@ -112,7 +155,9 @@ impl Generations {
 /// closes: every call with a closed connection's id is refused (or ignored)
 /// rather than reaching whatever connection later took its slot. Ids are
 /// unique across every reactor of the process (up to four billion
-/// connections): an id handed to another reactor is refused there too.
+/// connections; 16 million for a [`ReactorSet`](crate::ReactorSet)'s,
+/// whose ids carry their reactor's index): an id handed to another reactor
+/// is refused there too.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
@@ -137,6 +182,14 @@ impl ConnId {
     #[inline]
     pub(crate) fn generation(self) -> u32 {
         (self.0 >> 32) as u32
+    }
+
+    /// The index of the reactor that holds it, if a [`ReactorSet`](crate::ReactorSet)
+    /// made that reactor (the top bits of its generation); meaningless for
+    /// an id of a reactor made alone.
+    #[inline]
+    pub(crate) fn reactor_index(self) -> usize {
+        (self.generation() >> TAG_SHIFT) as usize
     }
 
     /// The id as one number, for logs and maps: stable for the
@@ -262,5 +315,23 @@ mod tests {
         assert!(from_a.iter().all(|g| !from_b.contains(g)));
         let next = a.peek();
         assert_eq!(next, a.take());
+    }
+
+    #[test]
+    fn tagged_generations_name_their_reactor_and_stay_distinct() {
+        let mut tagged: Vec<Generations> = (0..3).map(Generations::tagged).collect();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3000 {
+            for (index, generations) in tagged.iter_mut().enumerate() {
+                let peeked = generations.peek();
+                let generation = generations.take();
+                assert_eq!(peeked, generation);
+                let id = ConnId::new(5, generation);
+                assert_eq!(id.reactor_index(), index);
+                assert!(seen.insert(generation), "generation {generation} twice");
+            }
+        }
+        let last = Generations::tagged(MAX_REACTORS - 1).take();
+        assert_eq!(ConnId::new(0, last).reactor_index(), MAX_REACTORS - 1);
     }
 }

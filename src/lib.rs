@@ -97,8 +97,9 @@
 //!   generation: events and calls for a closed connection never reach the
 //!   connection that took its slot. Generations come from one counter for
 //!   the whole process, so ids of different reactors never collide either
-//!   (until four billion connections): one map or log can mix them, and an
-//!   id given to the wrong reactor is refused there.
+//!   (until four billion connections; 16 million for the reactors of a
+//!   [`ReactorSet`], whose ids also name their reactor): one map or log can
+//!   mix them, and an id given to the wrong reactor is refused there.
 //! - **Nothing accepted is lost.** What `on_data` did not consume is offered
 //!   again with the next bytes, and at once when reading resumes
 //!   ([`Context::resume_read`], or the end of backpressure); what the kernel
@@ -198,6 +199,54 @@
 //! endpoint slab. So a connection's event is still told apart with one
 //! test, and there is room for any number of each kind.
 //!
+//! # One reactor per core
+//!
+//! One reactor is one core. A [`ReactorSet`] runs N of them on N threads,
+//! each with its own listener on the same address (`SO_REUSEPORT`): the
+//! kernel spreads new connections over the listeners, and no connection
+//! ever moves between threads, so each reactor keeps every guarantee
+//! above. Handlers come from a factory called on each thread; threads may
+//! be pinned to cores ([`ReactorSetBuilder::pin_to_cores`]); one
+//! [`SetHandle`] stops them all, and [`ReactorSet::join`] returns each
+//! reactor's report and counters with their sums ([`SetReport`]).
+//!
+//! **Ids name their reactor.** A reactor of a set puts its index (8 bits)
+//! in the top of each connection's generation, so [`SetHandle::send`] and
+//! [`SetHandle::send_message_for`] go straight to the reactor holding the
+//! id. The rest of the generation still comes from the one process-wide
+//! counter, so ids stay distinct across the set (and from other reactors
+//! of the process) until 16 million connections, instead of four billion
+//! for a reactor made alone. The loop never reads those bits: a reactor's
+//! cost per message does not change.
+//!
+//! **What `SO_REUSEPORT` cannot do.** The kernel picks a listener by a
+//! hash of each connection's addresses and ports, once, at the handshake:
+//! it never looks at how busy a reactor is, and never moves a connection
+//! afterwards. Many short connections even out; a few long-lived, busy
+//! ones can pile up on one reactor while another idles. And a listener
+//! that closes takes its accept queue with it: connections the kernel
+//! completed for it but no one accepted yet are reset (Linux 5.14 and
+//! later can hand them to another listener of the group instead, with
+//! `sysctl net.ipv4.tcp_migrate_req=1`; it is off by default).
+//!
+//! **What a stop does about it.** The reactors of a set stop together:
+//! [`SetHandle::stop`] asks every reactor at once, and a reactor that stops
+//! on its own (its handler called [`Context::stop`], or it panicked) stops
+//! the rest. So no listener of the set is left taking connections for a
+//! set that is going away, and none outlives its reactor's stop by more
+//! than a turn. What each reactor does is the single reactor's graceful
+//! stop: it closes its listener and drains every connection it accepted.
+//! Connections still in the kernel's queues at that moment were never
+//! accepted and are refused (reset), as they are by one reactor; draining
+//! the queues first would only accept connections to close them at once,
+//! with no answer. To lose none, put a load balancer in front that stops
+//! sending new connections before the stop (see the README's *Scaling*).
+//!
+//! The alternative, one acceptor thread handing sockets to N reactors
+//! ([`Context::adopt_tcp_stream`]), balances connections exactly, but
+//! every connection then costs a hand-over between threads; the README's
+//! *Scaling* section has both measured.
+//!
 //! # Handler state
 //!
 //! Each connection's `H::Conn` lives in the reactor, indexed like the
@@ -258,6 +307,8 @@
 //! | `reactor/outbound` | a connect under way, done at its first writable edge |
 //! | `reactor/stop` | stopping: the graceful drain, `stop_now`, the report |
 //! | `reactor/signals` | `Reactor::stop_on_signals` (feature `signals`) |
+//! | `reactor_set` | [`ReactorSet`]: N reactors on N threads on one port, [`SetHandle`] |
+//! | `affinity` | pinning a thread to a CPU (`sched_setaffinity`), the crate's only `unsafe` |
 //! | `table` | the slab of connections: slots, ids, lookups |
 //! | `table/write` | the write path: `send`, the output queue, `flush`, backpressure |
 //! | `table/pool` | the buffer pool: buffers only while bytes wait |
@@ -288,10 +339,11 @@
 //! OpenBSD and DragonFly BSD (tested on Linux). Other targets (mio's poll(2)
 //! and event-port back-ends, Windows) are refused at compile time.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in `affinity` only, for `sched_setaffinity`
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod addr;
+mod affinity;
 mod config;
 mod conn;
 mod connect;
@@ -307,6 +359,7 @@ mod listener;
 mod os_limits;
 mod platform;
 mod reactor;
+mod reactor_set;
 mod stats;
 mod stop;
 mod table;
@@ -323,6 +376,7 @@ pub use handler::{CloseReason, Handler};
 pub use id::{ConnId, ListenerId, SourceId};
 pub use listener::ListenerOptions;
 pub use reactor::Reactor;
+pub use reactor_set::{ReactorReport, ReactorSet, ReactorSetBuilder, SetHandle, SetReport};
 pub use stats::{Stats, StatsReader};
 pub use stop::StopReport;
 pub use timer::TimerId;

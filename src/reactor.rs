@@ -19,7 +19,7 @@ use crate::conn::{Lifecycle, flag};
 use crate::endpoint::Endpoint;
 use crate::engine::Engine;
 use crate::handle::Command;
-use crate::id::{EndpointKey, TokenKind, token_kind};
+use crate::id::{EndpointKey, Generations, TokenKind, token_kind};
 use crate::table::{live_mut, tenant_mut};
 use crate::timer::{Due, earliest, time_until};
 use crate::{
@@ -118,6 +118,13 @@ impl<H: Handler> Reactor<H> {
         let options = ListenerOptions::from_config(&reactor.core.engine.config);
         reactor.context().listen_with(addr, options)?;
         Ok(reactor)
+    }
+
+    /// Makes this reactor number `index` of a [`ReactorSet`](crate::ReactorSet)
+    /// (below `id::MAX_REACTORS`): the ids it hands out carry `index`, so
+    /// the set's handle can route them. Called before any connection.
+    pub(crate) fn join_set(&mut self, index: usize) {
+        self.core.engine.table.generations = Generations::tagged(index);
     }
 
     /// A [`Context`] for setting up before `run` (or between `run_once`

@@ -60,6 +60,64 @@ pub struct Stats {
     pub signals: u64,
 }
 
+impl Stats {
+    /// Adds `other`'s counters to these, as for the reactors of a
+    /// [`ReactorSet`](crate::ReactorSet): every counter and current value
+    /// is summed, except `peak_queued_output`, the larger of the two, and
+    /// `signals`, the larger too (each reactor of a set counts the same
+    /// signals of the process).
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            accepted,
+            connected,
+            connect_failures,
+            active,
+            closed,
+            resets,
+            bytes_in,
+            bytes_out,
+            backpressure_pauses,
+            accept_errors,
+            queued_output,
+            peak_queued_output,
+            limit_closes,
+            timed_out,
+            timers_fired,
+            turns,
+            full_event_batches,
+            signals,
+        } = *other;
+        self.accepted += accepted;
+        self.connected += connected;
+        self.connect_failures += connect_failures;
+        self.active += active;
+        self.closed += closed;
+        self.resets += resets;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        self.backpressure_pauses += backpressure_pauses;
+        self.accept_errors += accept_errors;
+        self.queued_output += queued_output;
+        self.peak_queued_output = self.peak_queued_output.max(peak_queued_output);
+        self.limit_closes += limit_closes;
+        self.timed_out += timed_out;
+        self.timers_fired += timers_fired;
+        self.turns += turns;
+        self.full_event_batches += full_event_batches;
+        self.signals = self.signals.max(signals);
+    }
+}
+
+impl<'a> std::iter::Sum<&'a Stats> for Stats {
+    /// The counters of several reactors as one (see [`Stats::add`]).
+    fn sum<I: Iterator<Item = &'a Stats>>(iter: I) -> Stats {
+        iter.fold(Stats::default(), |mut total, stats| {
+            total.add(stats);
+            total
+        })
+    }
+}
+
 /// Reads the reactor's [`Stats`] from any thread.
 ///
 /// The reactor publishes a snapshot once per loop turn, just before it

@@ -98,6 +98,27 @@ pub struct StopReport {
     pub unsent_bytes: u64,
 }
 
+impl StopReport {
+    /// Adds `other`'s counts to these, as for the reactors of a
+    /// [`ReactorSet`](crate::ReactorSet).
+    pub fn add(&mut self, other: &StopReport) {
+        self.drained += other.drained;
+        self.forced += other.forced;
+        self.failed += other.failed;
+        self.unsent_bytes += other.unsent_bytes;
+    }
+}
+
+impl<'a> std::iter::Sum<&'a StopReport> for StopReport {
+    /// The reports of several reactors as one (see [`StopReport::add`]).
+    fn sum<I: Iterator<Item = &'a StopReport>>(iter: I) -> StopReport {
+        iter.fold(StopReport::default(), |mut total, report| {
+            total.add(report);
+            total
+        })
+    }
+}
+
 impl fmt::Display for StopReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -91,7 +91,8 @@ pub(crate) struct ConnTable {
     /// the turn that does the work sets it again from what is left.
     pub(crate) chores: bool,
     pool: BufferPool,
-    generations: Generations,
+    /// Where connection ids get their generation (tagged in a `ReactorSet`).
+    pub(crate) generations: Generations,
 }
 
 impl ConnTable {

@@ -291,6 +291,7 @@ fn help_exits_0_and_describes_the_flags() {
             "--max-conns",
             "--idle-timeout",
             "--drain-timeout",
+            "--threads",
         ] {
             assert!(
                 help.contains(option),
@@ -584,6 +585,76 @@ fn the_program_runs_on_one_thread() {
     assert_eq!(tasks, 1, "threads in echo_reactor");
     program.signal(libc::SIGINT);
     assert_eq!(program.wait(DEADLINE).code(), Some(0));
+}
+
+#[test]
+fn threads_2_spreads_clients_and_sigterm_stops_both_with_a_summed_summary() {
+    let (mut program, addr) = serve_with("127.0.0.1:0", &["--threads", "2"]);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", program.child.id()))
+        .expect("the program's /proc entry")
+        .count();
+    assert_eq!(tasks, 3, "the main thread and one per reactor");
+    // The kernel spreads connections over the two listeners: 200 clients
+    // all landing on one has a chance of 2^-199. Each does one echo.
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| connect(addr)).collect();
+    for client in &mut clients {
+        client.write_all(b"abc").expect("write");
+        let mut back = [0; 3];
+        client.read_exact(&mut back).expect("the echo");
+        assert_eq!(&back, b"abc");
+    }
+    program.signal(libc::SIGTERM);
+    for client in &mut clients {
+        let mut rest = Vec::new();
+        client
+            .read_to_end(&mut rest)
+            .expect("EOF from the server, not a reset");
+        assert_eq!(rest, b"");
+    }
+    let status = program.wait(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_refused(addr);
+    let stderr = program.stderr();
+    let line = stop_line(&stderr);
+    assert!(
+        line.contains(" 200 accepted (per reactor: "),
+        "the total, then each reactor's: {line}"
+    );
+    let (_, each) = line
+        .split_once("(per reactor: ")
+        .and_then(|(a, b)| Some((a, b.split_once(')')?.0)))
+        .unwrap_or_else(|| panic!("no per-reactor counts in {line:?}"));
+    let each: Vec<u64> = each
+        .split(' ')
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    assert_eq!(each.len(), 2, "{line}");
+    assert_eq!(each.iter().sum::<u64>(), 200, "{line}");
+    assert!(each.iter().all(|&n| n > 0), "every reactor served: {line}");
+    assert!(line.contains("600 bytes in, 600 bytes out"), "{line}");
+    assert_eq!(stop_report(line), ([200, 0, 0, 0], 1), "{line}");
+}
+
+#[test]
+fn threads_above_1_take_one_addr_only() {
+    for args in [
+        &[
+            "--threads",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+            "--addr",
+            "127.0.0.1:0",
+        ][..],
+        &["--threads", "2", "--unix", "/tmp/never-made.sock"],
+        &["--threads", "0"],
+        &["--threads", "257"],
+    ] {
+        let mut program = Running::example(args);
+        let status = program.wait(DEADLINE);
+        assert_eq!(status.code(), Some(2), "{args:?}: {status}");
+        assert_eq!(program.rest_of_stdout(), "", "{args:?}");
+    }
 }
 
 #[test]
