@@ -94,6 +94,8 @@ struct Client {
     buffer: Vec<u8>,
     /// Whether something went wrong: the exit code is 1.
     failed: bool,
+    /// The reactor's write high water mark: see [`Client::output_full`].
+    high_water: usize,
 }
 
 impl Client {
@@ -146,8 +148,8 @@ impl Client {
         };
         self.buffer.resize(CHUNK, 0);
         let ended = loop {
-            if cx.output_backed_up(conn) {
-                break false;
+            if cx.pending_output(conn) >= self.high_water {
+                break false; // see output_full
             }
             match stdin.read(&mut self.buffer) {
                 Ok(0) => break true,
@@ -177,6 +179,15 @@ impl Client {
         if let Some(conn) = self.conn {
             cx.shutdown_write(conn);
         }
+    }
+
+    /// Whether to stop taking stdin until `on_drain`: the queued output is
+    /// at the high water mark. Not `output_backed_up` (above the low water
+    /// mark): `on_drain` comes only after the queue reached the high water
+    /// mark, so a producer that stopped below it would never be called
+    /// back. The queue stays under the mark plus one chunk.
+    fn output_full(&self, cx: &Context<'_>, conn: ConnId) -> bool {
+        cx.pending_output(conn) >= self.high_water
     }
 
     /// Lets the stdin thread read its next chunk.
@@ -244,7 +255,7 @@ impl Handler for Client {
             Input::Chunk(bytes) => {
                 let _ = cx.send(conn, &bytes);
                 // Backed up: the credit waits for on_drain.
-                if !cx.output_backed_up(conn) {
+                if !self.output_full(cx, conn) {
                     self.give_credit();
                 }
             }
@@ -302,6 +313,7 @@ fn main() -> ExitCode {
 /// Connects and runs until the connection is over: `Ok(true)` if it went
 /// well. `Err` is the message for stderr.
 fn run(server: SocketAddr) -> Result<bool, String> {
+    let config = Config::default();
     let client = Client {
         server,
         conn: None,
@@ -309,8 +321,9 @@ fn run(server: SocketAddr) -> Result<bool, String> {
         handle: None,
         buffer: Vec::new(),
         failed: false,
+        high_water: config.write_high_water,
     };
-    let mut reactor = Reactor::new(Config::default(), client).map_err(|e| e.to_string())?;
+    let mut reactor = Reactor::new(config, client).map_err(|e| e.to_string())?;
     let handle = reactor.handle();
     reactor.handler_mut().handle = Some(handle);
     let conn = reactor

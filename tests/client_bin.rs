@@ -2,15 +2,19 @@
 //! from a pipe (each reply printed while stdin is still open, everything
 //! echoed, exit 0 once stdin ends and the server closes) and from a regular
 //! file (read on a thread), against a server that answers and closes first,
-//! against a closed port (exit 1, one line on stderr), and its flags.
+//! against a server that does not read (stdin paused, memory bounded, every
+//! byte delivered once it reads), against a closed port (exit 1, one line
+//! on stderr), and its flags.
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use common::program::Program;
 
@@ -88,6 +92,91 @@ fn a_server_that_answers_and_closes_first_ends_the_client_with_exit_0() {
     client.stdin().flush().expect("flush");
     // Stdin stays open: the server's close alone ends the client.
     assert_eq!(client.rest_of_stdout(), b"Hello World");
+    assert!(client.wait().success());
+    assert_eq!(client.stderr(), "");
+}
+
+/// The size of the chunks written to the client's stdin.
+const CHUNK: usize = 64 * 1024;
+
+/// Chunk `n` of the stream: pattern bytes with `n` in the first eight, so a
+/// lost, repeated or reordered chunk shows.
+fn numbered_chunk(n: u64) -> Vec<u8> {
+    let mut chunk = common::pattern_bytes(7, CHUNK);
+    chunk[..8].copy_from_slice(&n.to_le_bytes());
+    chunk
+}
+
+#[test]
+fn a_server_that_does_not_read_pauses_stdin_and_then_gets_every_byte() {
+    const TOTAL: u64 = 32 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut client = client(&addr.to_string(), Stdio::piped());
+    let (mut server, _) = listener.accept().expect("the client connects");
+    server
+        .set_read_timeout(Some(common::DEADLINE))
+        .expect("timeout");
+    // Stdin gets 32 MiB from a thread, as fast as the client takes it.
+    let written = Arc::new(AtomicU64::new(0));
+    let mut stdin = client.take_stdin();
+    let counter = Arc::clone(&written);
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < TOTAL {
+            let chunk = numbered_chunk(sent / CHUNK as u64);
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+            counter.store(sent, Ordering::SeqCst);
+        }
+        // Dropping stdin is the client's EOF.
+    });
+    // The server reads nothing: the client stops taking stdin once its
+    // output and the socket buffers are full. Wait until the writer makes
+    // no progress for a while (or, if the client took everything, ends).
+    let until = Instant::now() + common::DEADLINE;
+    let mut last = u64::MAX;
+    while written.load(Ordering::SeqCst) != last && !writer.is_finished() {
+        assert!(Instant::now() < until, "the writer never settled");
+        last = written.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let held = written.load(Ordering::SeqCst);
+    assert!(
+        held < TOTAL,
+        "the client took all {TOTAL} bytes from stdin while the server read none"
+    );
+    let rss = client.rss_kib();
+    assert!(
+        rss < 32 * 1024,
+        "client RSS {rss} KiB with {held} bytes taken from stdin"
+    );
+    // Now the server reads: every byte arrives, in order, then the FIN.
+    let mut received = 0u64;
+    let mut buffer = vec![0; 256 * 1024];
+    let mut expected = (0, numbered_chunk(0));
+    loop {
+        let n = server.read(&mut buffer).expect("read from the client");
+        if n == 0 {
+            break;
+        }
+        for (i, &byte) in buffer[..n].iter().enumerate() {
+            let offset = received + i as u64;
+            let chunk = offset / CHUNK as u64;
+            if expected.0 != chunk {
+                expected = (chunk, numbered_chunk(chunk));
+            }
+            if byte != expected.1[(offset % CHUNK as u64) as usize] {
+                panic!("bytes differ at offset {offset}");
+            }
+        }
+        received += n as u64;
+    }
+    writer.join().expect("writer thread");
+    assert_eq!(received, TOTAL);
+    drop(server);
     assert!(client.wait().success());
     assert_eq!(client.stderr(), "");
 }

@@ -78,6 +78,23 @@ impl Program {
         self.child.stdin.as_mut().expect("stdin is piped")
     }
 
+    /// The program's stdin, to write from another thread (when spawned
+    /// with `Stdio::piped()`).
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.child.stdin.take().expect("stdin is piped, taken once")
+    }
+
+    /// The program's resident memory, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the program's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// Closes the program's stdin: it reads EOF.
     pub fn close_stdin(&mut self) {
         drop(self.child.stdin.take());
