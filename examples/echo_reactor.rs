@@ -36,6 +36,11 @@
 //! timeout) and it exits 0; a second signal stops it at once. On stop it
 //! logs one line: the counters and the stop report.
 
+#[path = "common/addr_flag.rs"]
+mod addr_flag;
+#[path = "common/logger.rs"]
+mod logger;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
@@ -121,9 +126,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "-h" | "--help" => return Ok(None),
             "--addr" => {
                 let text = value("--addr")?;
-                let addr: SocketAddr = text.parse().map_err(|_| {
-                    format!("--addr: '{text}' is not HOST:PORT (e.g. 127.0.0.1:7890 or [::1]:0)")
-                })?;
+                let addr = addr_flag::parse_addr(&text)?;
                 // Port 0 twice is two listeners on two free ports.
                 if addr.port() != 0 && parsed.addrs.contains(&addr) {
                     return Err(format!("--addr: '{text}' is given twice"));
@@ -201,7 +204,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    StderrLogger::install();
+    logger::StderrLogger::install("echo_reactor");
 
     // Serving thousands of clients needs thousands of descriptors: raise the
     // soft open-file limit to the hard one, as Go and nginx do.
@@ -370,34 +373,4 @@ fn summary(stats: &Stats, report: &StopReport, accepted_by_each: &[u64]) -> Stri
         stats.bytes_in,
         stats.bytes_out
     )
-}
-
-/// The smallest logger that does the job: `LEVEL message` on stderr, level
-/// from `RUST_LOG` (error, warn, info, debug, trace; default info).
-struct StderrLogger;
-
-impl StderrLogger {
-    fn install() {
-        let level = std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(log::LevelFilter::Info);
-        if log::set_logger(&StderrLogger).is_ok() {
-            log::set_max_level(level);
-        }
-    }
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("echo_reactor {:5} {}", record.level(), record.args());
-        }
-    }
-
-    fn flush(&self) {}
 }
