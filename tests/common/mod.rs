@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod example;
+pub mod program;
 
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
