@@ -245,6 +245,50 @@
 //! }
 //! ```
 //!
+//! # Framing
+//!
+//! [`framing`] cuts the bytes `on_data` gets into lines
+//! ([`framing::Lines`]) or length-prefixed frames
+//! ([`framing::LengthPrefixed`]), each with a maximum size, without a
+//! buffer of its own: `on_data` returns the bytes the whole frames used,
+//! and a partial frame stays in the reactor's buffer. A line or frame over
+//! the maximum is a [`framing::FrameError`]; the handler answers it and
+//! closes that connection, and the rest carry on:
+//!
+//! ```
+//! # use tcp_reactor::{Addr, ConnId, Context, Handler, ListenerId};
+//! use tcp_reactor::framing::Lines;
+//!
+//! const LINES: Lines = Lines::new(8192);
+//!
+//! struct Shout;
+//!
+//! impl Handler for Shout {
+//!     type Conn = ();
+//!     type Message = ();
+//!     fn on_open(&mut self, _: &mut Context<'_>, _: ConnId, _: &Addr, _: ListenerId) {}
+//!     fn on_data(&mut self, cx: &mut Context<'_>, id: ConnId, _: &mut (), data: &[u8]) -> usize {
+//!         let mut lines = LINES.frames(data);
+//!         for line in &mut lines {
+//!             match line {
+//!                 Ok(line) => {
+//!                     let mut reply = line.to_ascii_uppercase();
+//!                     reply.push(b'\n');
+//!                     let _ = cx.send(id, &reply);
+//!                 }
+//!                 Err(error) => {
+//!                     // "error: line longer than 8192 bytes", then FIN.
+//!                     let _ = cx.send(id, format!("error: {error}\n").as_bytes());
+//!                     cx.close(id);
+//!                     return data.len();
+//!                 }
+//!             }
+//!         }
+//!         lines.consumed() // a partial line waits for its end
+//!     }
+//! }
+//! ```
+//!
 //! # Layout
 //!
 //! | module | job |
@@ -277,6 +321,7 @@
 //! | `id` | [`ConnId`] and the tokens it travels in |
 //! | `stats` | [`Stats`] and [`StatsReader`] |
 //! | `echo` | [`Echo`], the echo handler |
+//! | `framing` | [`framing`]: the error, frames and the `Frames` iterator; `framing/lines`, `framing/length`: the two formats |
 //! | `error` | [`Error`], the one error type |
 //! | `os_limits` | the open-file limit and `somaxconn`, from `/proc` |
 //! | `platform` | refuses targets whose mio back-end cannot serve it |
@@ -301,6 +346,7 @@ mod echo;
 mod endpoint;
 mod engine;
 mod error;
+pub mod framing;
 mod handle;
 mod handler;
 mod id;
