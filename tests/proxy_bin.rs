@@ -306,3 +306,37 @@ fn a_failed_connect_closes_the_client_with_one_log_line_and_the_proxy_serves_on(
     assert_eq!(failures.count(), 1, "{stderr}");
     assert_eq!(stop_figure(&stderr, "connected,"), 1, "{stderr}");
 }
+
+#[test]
+fn a_backend_that_writes_before_it_reads_is_still_read() {
+    // The backend answers 32 MiB (more than the kernel buffers) before it
+    // reads the 32 MiB request; the client sends and reads at once. The
+    // proxy must read the answer while the request is backed up on the
+    // backend's side, or both ends wait for ever.
+    const LEN: usize = 32 * 1024 * 1024;
+    let (listener, backend_addr) = backend();
+    let (proxy, addr) = start_proxy(backend_addr, "info");
+    let request = Arc::new(pattern_bytes(4, LEN));
+    let answer = Arc::new(pattern_bytes(5, LEN));
+    let client = connect(addr);
+    let mut server = accept(&listener);
+    let client_reader = receive_to_eof(client.try_clone().expect("clone"));
+    let client_writer = send_then_half_close(client, Arc::clone(&request));
+    let backend = {
+        let answer = Arc::clone(&answer);
+        std::thread::spawn(move || {
+            server.write_all(&answer).expect("the whole answer first");
+            server.shutdown(Shutdown::Write).expect("half-close");
+            let mut got = Vec::with_capacity(LEN);
+            server.read_to_end(&mut got).expect("then the request");
+            got
+        })
+    };
+    client_writer.join().expect("client writer");
+    let got = backend.join().expect("backend");
+    assert!(got == *request, "the backend got other bytes");
+    let (at_client, len) = client_reader.join().expect("client reader");
+    assert_eq!(len, LEN);
+    assert_eq!(at_client, hash(&[&answer]));
+    stop(proxy);
+}
