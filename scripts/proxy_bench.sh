@@ -102,9 +102,9 @@ proxied=$(median proxy mb_per_s)
 echo
 echo "| metric (median of $RUNS, range) | direct to echo_reactor | through proxy | proxy/direct |"
 echo "| --- | --- | --- | --- |"
-awk -v d="$direct" -v p="$proxied" 'BEGIN {
+awk -v d="$direct" -v p="$proxied" -v c="$CHUNK" 'BEGIN {
     split(d, a, " "); split(p, b, " ")
-    printf "| MB/s, %s-byte chunks | %s | %s | %.2f |\n", ENVIRON["CHUNK"], d, p, b[1] / a[1] }'
+    printf "| MB/s, %s-byte chunks | %s | %s | %.2f |\n", c, d, p, b[1] / a[1] }'
 echo "| proxy CPU time per MB echoed (us) | | $(median proxy cpu_us_per_mb) | |"
 stop_pid "$PROXY_PID"
 grep 'stopped:' "$WORK/proxy.err" | sed 's/^/proxy: /' || true
