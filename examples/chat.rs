@@ -18,10 +18,11 @@
 //! server's memory. SIGINT or SIGTERM stops it; on stop it logs one line of
 //! counters on stderr.
 
+#[path = "common/serve.rs"]
+mod serve;
 #[path = "common/stderr_logger.rs"]
 mod stderr_logger;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -190,16 +191,9 @@ impl Handler for Chat {
 }
 
 fn main() -> ExitCode {
-    let addr = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("chat: {message}");
-            return ExitCode::from(2);
-        }
+    let addr = match serve::args_or_exit("chat", USAGE, parse_args(std::env::args().skip(1))) {
+        Ok(addr) => addr,
+        Err(code) => return code,
     };
     StderrLogger::install("chat");
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -226,18 +220,7 @@ fn main() -> ExitCode {
 /// Listens, says so on stdout, and runs until stopped. `Err` is the
 /// message for stderr.
 fn serve(reactor: &mut Reactor<Chat>, addr: SocketAddr) -> Result<(), String> {
-    let mut cx = reactor.context();
-    let listener = cx.listen(addr).map_err(|e| e.to_string())?;
-    let bound = cx
-        .listener_addr(listener)
-        .ok_or("the listener's address is unknown")?;
-    reactor.stop_on_signals().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {bound}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing to stdout: {e}"))?;
-    drop(stdout);
-    let report = reactor.run().map_err(|e| e.to_string())?;
+    let report = serve::listen_and_run(reactor, addr)?;
     let s = reactor.stats();
     log::info!(
         "stopped: {} accepted, {} dropped for not reading, {} bytes in, {} bytes out, \

@@ -20,10 +20,11 @@
 //!   one log line. A close or reset of one side closes the other, after
 //!   flushing what was already read from the first.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+#[path = "common/serve.rs"]
+mod serve;
 #[path = "common/stderr_logger.rs"]
 mod stderr_logger;
 
@@ -190,16 +191,9 @@ impl Handler for Proxy {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("proxy: {message}");
-            return ExitCode::from(2);
-        }
+    let args = match serve::args_or_exit("proxy", USAGE, parse_args(std::env::args().skip(1))) {
+        Ok(args) => args,
+        Err(code) => return code,
     };
     StderrLogger::install("proxy");
     // Each client costs two descriptors.
@@ -233,19 +227,8 @@ fn main() -> ExitCode {
 /// Listens, says so on stdout, and runs until stopped. `Err` is the
 /// message for stderr.
 fn serve(reactor: &mut Reactor<Proxy>, args: &Args) -> Result<(), String> {
-    let mut cx = reactor.context();
-    let listener = cx.listen(args.listen).map_err(|e| e.to_string())?;
-    let bound = cx
-        .listener_addr(listener)
-        .ok_or("the listener's address is unknown")?;
-    reactor.stop_on_signals().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {bound}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing to stdout: {e}"))?;
-    drop(stdout);
-    log::info!("forwarding {bound} to {}", args.to);
-    let report = reactor.run().map_err(|e| e.to_string())?;
+    log::info!("forwarding each connection to {}", args.to);
+    let report = serve::listen_and_run(reactor, args.listen)?;
     let s = reactor.stats();
     // Tests read the peak: it shows what one connection ever held.
     log::info!(

@@ -13,11 +13,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::program::{Running, listening_addr};
+use common::program::{Running, start_example, stop_with_sigterm as stop};
 use common::{DEADLINE, connect};
 
 /// `DROP_AFTER` in the example: output waiting for one client past which
@@ -30,26 +29,7 @@ fn chat_binary() -> &'static Path {
 }
 
 fn start_chat() -> (Running, SocketAddr) {
-    let mut program = Running::spawn(
-        Command::new(chat_binary())
-            .args(["--addr", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let line = program.next_line().expect("a first line on stdout");
-    let addr = listening_addr(&line);
-    (program, addr)
-}
-
-/// Stops the server with SIGTERM; returns its stderr after checking it
-/// exited 0.
-fn stop(mut chat: Running) -> String {
-    chat.signal(libc::SIGTERM);
-    let status = chat.wait(DEADLINE);
-    assert!(status.success(), "{status}");
-    chat.stderr()
+    start_example(chat_binary(), &["--addr", "127.0.0.1:0"], "info")
 }
 
 /// A client reading lines (each read bounded by the connection's timeout).

@@ -14,12 +14,11 @@ use std::hash::Hasher;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::program::{Running, listening_addr};
+use common::program::{Running, start_example, stop_with_sigterm as stop};
 use common::{DEADLINE, connect, pattern_bytes};
 
 /// Bytes each way in the big transfer.
@@ -38,26 +37,9 @@ fn proxy_binary() -> &'static Path {
 
 /// The proxy to `backend`, on a free port; `RUST_LOG` as given.
 fn start_proxy(backend: SocketAddr, log: &str) -> (Running, SocketAddr) {
-    let mut program = Running::spawn(
-        Command::new(proxy_binary())
-            .args(["--listen", "127.0.0.1:0", "--to", &backend.to_string()])
-            .env("RUST_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let line = program.next_line().expect("a first line on stdout");
-    let addr = listening_addr(&line);
-    (program, addr)
-}
-
-/// Stops the proxy with SIGTERM and returns its stderr, after checking it
-/// exited 0.
-fn stop(mut proxy: Running) -> String {
-    proxy.signal(libc::SIGTERM);
-    let status = proxy.wait(DEADLINE);
-    assert!(status.success(), "{status}");
-    proxy.stderr()
+    let backend = backend.to_string();
+    let args = ["--listen", "127.0.0.1:0", "--to", &backend];
+    start_example(proxy_binary(), &args, log)
 }
 
 /// The number just before `label` in the proxy's stop line.

@@ -4,7 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -173,4 +174,30 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("first line {line:?} is not 'listening on HOST:PORT'"));
     assert_ne!(addr.port(), 0, "{line:?} must give the real port");
     addr
+}
+
+/// Starts the example `binary` with `args` and `RUST_LOG=log`, and returns
+/// it with the address of its first line (`listening on HOST:PORT`).
+pub fn start_example(binary: &Path, args: &[&str], log: &str) -> (Running, SocketAddr) {
+    let mut program = Running::spawn(
+        Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let line = program.next_line().expect("a first line on stdout");
+    let addr = listening_addr(&line);
+    (program, addr)
+}
+
+/// Stops the program with SIGTERM and returns its stderr, after checking
+/// it exited 0.
+#[track_caller]
+pub fn stop_with_sigterm(mut program: Running) -> String {
+    program.signal(libc::SIGTERM);
+    let status = program.wait(DEADLINE);
+    assert!(status.success(), "{status}");
+    program.stderr()
 }
