@@ -55,6 +55,25 @@ pub struct Config {
     /// Queued output at or below which reading resumes and the handler's
     /// `on_drain` runs. Default 16 KiB.
     pub write_low_water: usize,
+    /// Whether a connection's own queued output at
+    /// [`write_high_water`](Self::write_high_water) stops reading from it
+    /// (backpressure). Default on: a handler whose answers go back to the
+    /// connection they came from (echo, request/response) then holds at
+    /// most the high water mark per peer, whatever the peer does.
+    ///
+    /// A proxy turns it off. What it reads from one side goes out on the
+    /// other, so one side's output says nothing about reading from it; a
+    /// side that stopped reading because its own output is backed up would
+    /// starve a peer that writes before it reads, and both would wait for
+    /// ever. Off, reading no longer stops at the high water mark (input the
+    /// handler leaves unconsumed behind queued output still waits for it,
+    /// see the crate docs, *Output flow*), and
+    /// [`Handler::on_drain`](crate::Handler::on_drain) still runs when the
+    /// output, having reached the high water mark, falls to the low water
+    /// mark: the proxy pauses the other side at the high water mark and
+    /// resumes it there (see `examples/proxy.rs`). Bounding memory is then
+    /// the handler's job.
+    pub output_pauses_reading: bool,
     /// Input the handler left unconsumed that one connection may hold; a
     /// peer that sends more without the handler consuming it is closed with
     /// [`CloseReason::InputLimit`](crate::CloseReason::InputLimit).
@@ -198,6 +217,7 @@ impl Default for Config {
             read_chunk: 64 * 1024,
             write_high_water: 64 * 1024,
             write_low_water: 16 * 1024,
+            output_pauses_reading: true,
             max_input: 1024 * 1024,
             max_output: 16 * 1024 * 1024,
             event_capacity: 1024,
@@ -266,6 +286,8 @@ setters! {
     write_high_water: usize,
     /// Sets [`Config::write_low_water`](#structfield.write_low_water).
     write_low_water: usize,
+    /// Sets [`Config::output_pauses_reading`](#structfield.output_pauses_reading).
+    output_pauses_reading: bool,
     /// Sets [`Config::max_input`](#structfield.max_input).
     max_input: usize,
     /// Sets [`Config::max_output`](#structfield.max_output).

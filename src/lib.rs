@@ -114,7 +114,8 @@
 //!   [`Config::write_low_water`] (with [`Handler::on_drain`]); while output
 //!   is queued, reads take only the room left under the high water mark.
 //!   Unconsumed input is capped by [`Config::max_input`]. An idle
-//!   connection owns no heap buffer.
+//!   connection owns no heap buffer. (A proxy turns the first rule off,
+//!   [`Config::output_pauses_reading`], and pauses the other side instead.)
 //! - **Fair.** Per-turn read and accept budgets: one flooding peer cannot
 //!   starve the others.
 //! - **Peers cannot stop the server.** Resets, broken pipes, half-closes,

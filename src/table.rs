@@ -41,6 +41,8 @@ pub(crate) struct Limits {
     pub(crate) read_limit: usize,
     pub(crate) high_water: usize,
     pub(crate) low_water: usize,
+    /// `Config::output_pauses_reading`.
+    pub(crate) output_pauses_reading: bool,
     pub(crate) max_input: usize,
     pub(crate) max_output: usize,
     pub(crate) idle_timeout: Option<Duration>,
@@ -58,6 +60,7 @@ impl Limits {
                 .min(config.max_input),
             high_water: config.write_high_water,
             low_water: config.write_low_water,
+            output_pauses_reading: config.output_pauses_reading,
             max_input: config.max_input,
             max_output: config.max_output,
             idle_timeout: config.idle_timeout,

@@ -13,17 +13,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::running::Running;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The longest any wait on the program or a socket may take.
@@ -35,26 +36,8 @@ fn echo_reactor() -> &'static Path {
     BINARY.get_or_init(|| common::example::build("echo_reactor"))
 }
 
-/// A child process, killed and reaped when dropped; its output is read by
-/// threads so a wait on it can have a deadline.
-struct Running {
-    child: Child,
-    stdout_lines: Option<Receiver<String>>,
-    stderr: Option<Receiver<String>>,
-}
-
+/// `echo_reactor` as a [`Running`] program.
 impl Running {
-    fn spawn(command: &mut Command) -> Running {
-        let mut child = command.spawn().expect("spawn");
-        let stdout_lines = child.stdout.take().map(line_reader);
-        let stderr = child.stderr.take().map(whole_reader);
-        Running {
-            child,
-            stdout_lines,
-            stderr,
-        }
-    }
-
     /// The example with `args`, stdout and stderr piped.
     fn example(args: &[&str]) -> Running {
         Running::spawn(
@@ -66,111 +49,6 @@ impl Running {
                 .stderr(Stdio::piped()),
         )
     }
-
-    /// The next line on stdout, waiting at most [`DEADLINE`]; `None` at EOF.
-    fn next_line(&mut self) -> Option<String> {
-        let lines = self.stdout_lines.as_ref().expect("stdout is piped");
-        match lines.recv_timeout(DEADLINE) {
-            Ok(line) => Some(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("no line on stdout within {DEADLINE:?}")
-            }
-        }
-    }
-
-    /// Every remaining stdout line, until EOF (bounded by [`DEADLINE`]).
-    fn rest_of_stdout(&mut self) -> String {
-        let mut all = String::new();
-        while let Some(line) = self.next_line() {
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    }
-
-    /// Everything the program wrote to stderr, once it has closed it
-    /// (bounded by [`DEADLINE`]).
-    fn stderr(&mut self) -> String {
-        let stderr = self.stderr.take().expect("stderr is piped, read once");
-        stderr
-            .recv_timeout(DEADLINE)
-            .expect("stderr closed within the deadline")
-    }
-
-    /// Waits for the program to exit, failing after `deadline`.
-    fn wait(&mut self, deadline: Duration) -> ExitStatus {
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < until,
-                "the program did not exit within {deadline:?}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Whether the program is still running after `window`: polls for an
-    /// exit until then. Observing absence needs a bounded window.
-    fn still_running_after(&mut self, window: Duration) -> bool {
-        let until = Instant::now() + window;
-        while Instant::now() < until {
-            if self.child.try_wait().expect("try_wait").is_some() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Sends `signal` to the program, which must not have been reaped yet.
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
-        // SAFETY: kill(2) only takes integers and touches no memory of this
-        // process. The pid is our own child, reaped only by `wait`, which the
-        // tests call after their last signal, so it names no other process.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Already exited is fine; either way reap it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn line_reader(stdout: ChildStdout) -> Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-fn whole_reader(mut stderr: ChildStderr) -> Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stderr.read_to_string(&mut all);
-        let _ = send.send(all);
-    });
-    receive
 }
 
 /// Starts the example on `addr` and returns it with the address from its

@@ -68,7 +68,11 @@ impl<H: Handler> Core<H> {
                 // Nothing waits either way: the whole room.
                 None => limits.read_limit,
                 Some(bufs) => {
-                    let out_room = limits.high_water.saturating_sub(bufs.queued_output());
+                    let out_room = if limits.output_pauses_reading {
+                        limits.high_water.saturating_sub(bufs.queued_output())
+                    } else {
+                        limits.read_chunk
+                    };
                     let in_room = limits.max_input.saturating_sub(bufs.input.len());
                     let limit = limits.read_chunk.min(out_room).min(in_room);
                     if limit == 0 {

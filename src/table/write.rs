@@ -124,7 +124,10 @@ impl ConnTable {
         self.stats.peak_queued_output = self.stats.peak_queued_output.max(queued as u64);
         if queued >= limits.high_water {
             if let Some(conn) = self.get_mut(id) {
-                if !conn.has(flag::BACKPRESSURED) {
+                if !limits.output_pauses_reading {
+                    // Reading goes on; only `on_drain` is owed.
+                    conn.flags |= flag::DRAIN_OWED;
+                } else if !conn.has(flag::BACKPRESSURED) {
                     conn.flags |= flag::BACKPRESSURED;
                     self.stats.backpressure_pauses += 1;
                 }
@@ -162,9 +165,10 @@ impl ConnTable {
             return false;
         }
         let conn = &mut self.conns[id.index()];
-        let lifted = conn.has(flag::BACKPRESSURED) && queued <= self.limits.low_water;
+        let owed = flag::BACKPRESSURED | flag::DRAIN_OWED;
+        let lifted = conn.has(owed) && queued <= self.limits.low_water;
         if lifted {
-            conn.flags &= !flag::BACKPRESSURED;
+            conn.flags &= !owed;
             if conn.has_input() && !conn.has(flag::READ_CLOSED) {
                 conn.flags |= flag::REOFFER;
             }

@@ -8,6 +8,7 @@
 
 pub mod example;
 pub mod program;
+pub mod running;
 
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
