@@ -5,6 +5,7 @@
 use crate::reply;
 use crate::resp::{Args, parse_i64};
 use crate::store::{Condition, ExpireIf, Expiry, Store, Ttl};
+use tcp_reactor::Stats;
 
 /// What the connection does after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +46,13 @@ enum Cmd {
     Config,
     Command,
     Select,
+    DbSize,
+    Info,
     Quit,
 }
 
 /// Every command, for `COMMAND COUNT`.
-const COMMANDS: usize = 20;
+const COMMANDS: usize = 22;
 
 impl Cmd {
     /// The command named `name`, in any case. Matched on the length first,
@@ -69,12 +72,14 @@ impl Cmd {
             4 if is(b"MSET") => Cmd::MSet,
             4 if is(b"PTTL") => Cmd::PTtl,
             4 if is(b"QUIT") => Cmd::Quit,
+            4 if is(b"INFO") => Cmd::Info,
             6 if is(b"EXISTS") => Cmd::Exists,
             6 if is(b"INCRBY") => Cmd::IncrBy,
             6 if is(b"DECRBY") => Cmd::DecrBy,
             6 if is(b"EXPIRE") => Cmd::Expire,
             6 if is(b"CONFIG") => Cmd::Config,
             6 if is(b"SELECT") => Cmd::Select,
+            6 if is(b"DBSIZE") => Cmd::DbSize,
             7 if is(b"PEXPIRE") => Cmd::PExpire,
             7 if is(b"COMMAND") => Cmd::Command,
             _ => return None,
@@ -104,14 +109,21 @@ impl Cmd {
             Cmd::Config => ("config", -2),
             Cmd::Command => ("command", -1),
             Cmd::Select => ("select", 2),
+            Cmd::DbSize => ("dbsize", 1),
+            Cmd::Info => ("info", -1),
             Cmd::Quit => ("quit", -1),
         }
     }
 }
 
 /// Runs the request `args` (`args.get(0)` is the command name), appending
-/// its reply to `out`.
-pub fn execute(store: &mut Store, args: Args<'_>, out: &mut Vec<u8>) -> After {
+/// its reply to `out`. `stats` gives the reactor's counters, for `INFO`.
+pub fn execute(
+    store: &mut Store,
+    args: Args<'_>,
+    out: &mut Vec<u8>,
+    stats: impl FnOnce() -> Stats,
+) -> After {
     let Some(command) = Cmd::lookup(args.get(0)) else {
         unknown_command(args, out);
         return After::Continue;
@@ -164,7 +176,12 @@ pub fn execute(store: &mut Store, args: Args<'_>, out: &mut Vec<u8>) -> After {
                 return wrong_arity(name, out);
             }
             for i in (1..args.len()).step_by(2) {
-                store.set(args.get(i), args.get(i + 1), Condition::Always, Expiry::Clear);
+                store.set(
+                    args.get(i),
+                    args.get(i + 1),
+                    Condition::Always,
+                    Expiry::Clear,
+                );
             }
             reply::ok(out);
         }
@@ -184,6 +201,9 @@ pub fn execute(store: &mut Store, args: Args<'_>, out: &mut Vec<u8>) -> After {
             Some(_) => reply::error(out, b"ERR DB index is out of range"),
             None => reply::error(out, NOT_AN_INTEGER),
         },
+        // As Redis, keys that expired but were not removed yet count.
+        Cmd::DbSize => reply::integer(out, count(store.len())),
+        Cmd::Info => info(store, &stats(), out),
         Cmd::Quit => {
             reply::ok(out);
             return After::Close;
@@ -282,7 +302,11 @@ fn set(store: &mut Store, args: Args<'_>, out: &mut Vec<u8>) {
             && !expiry_given
             && has_value
         {
-            let unit = if option.eq_ignore_ascii_case(b"EX") { 1000 } else { 1 };
+            let unit = if option.eq_ignore_ascii_case(b"EX") {
+                1000
+            } else {
+                1
+            };
             let Some(amount) = parse_i64(args.get(i + 1)) else {
                 return reply::error(out, NOT_AN_INTEGER);
             };
@@ -368,7 +392,10 @@ fn expire(store: &mut Store, args: Args<'_>, unit: i64, name: &str, out: &mut Ve
         );
     }
     if when.gt && when.lt {
-        return reply::error(out, b"ERR GT and LT options at the same time are not compatible");
+        return reply::error(
+            out,
+            b"ERR GT and LT options at the same time are not compatible",
+        );
     }
     let Some(amount) = parse_i64(args.get(2)) else {
         return reply::error(out, NOT_AN_INTEGER);
@@ -429,4 +456,33 @@ fn command_info(args: Args<'_>, out: &mut Vec<u8>) {
         message.extend_from_slice(b"'. Try COMMAND HELP.");
         reply::error(out, &message);
     }
+}
+
+/// `INFO [section]`: a few of Redis's fields (`connected_clients`,
+/// `total_connections_received`, the byte counts, `db0`), and the
+/// reactor's own output figures (`kv_peak_queued_output`,
+/// `kv_backpressure_pauses`): what a test or a person needs to see that
+/// a client that does not read is held within bounds. The section is
+/// ignored: all of it is returned.
+fn info(store: &Store, stats: &Stats, out: &mut Vec<u8>) {
+    let text = format!(
+        "# Server\r\nkv_version:{version}\r\n\
+         # Clients\r\nconnected_clients:{clients}\r\n\
+         # Stats\r\ntotal_connections_received:{accepted}\r\n\
+         total_net_input_bytes:{bytes_in}\r\ntotal_net_output_bytes:{bytes_out}\r\n\
+         kv_peak_queued_output:{peak}\r\nkv_backpressure_pauses:{pauses}\r\n\
+         kv_limit_closes:{limits}\r\n\
+         # Keyspace\r\ndb0:keys={keys},expires={expires}\r\n",
+        version = env!("CARGO_PKG_VERSION"),
+        clients = stats.active,
+        accepted = stats.accepted,
+        bytes_in = stats.bytes_in,
+        bytes_out = stats.bytes_out,
+        peak = stats.peak_queued_output,
+        pauses = stats.backpressure_pauses,
+        limits = stats.limit_closes,
+        keys = store.len(),
+        expires = store.volatile_keys(),
+    );
+    reply::bulk(out, text.as_bytes());
 }

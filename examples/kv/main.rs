@@ -11,7 +11,7 @@
 //!
 //! Commands: PING, ECHO, SET (EX, PX, NX, XX, KEEPTTL, GET), GET, DEL,
 //! EXISTS, INCR, DECR, INCRBY, DECRBY, MGET, MSET, EXPIRE and PEXPIRE (NX,
-//! XX, GT, LT), TTL, PTTL, SELECT 0, QUIT, `CONFIG GET` (what
+//! XX, GT, LT), TTL, PTTL, DBSIZE, INFO (a few fields), SELECT 0, QUIT, `CONFIG GET` (what
 //! `redis-benchmark` asks: `save`, `appendonly`) and `COMMAND` (what
 //! `redis-cli` asks on start: no docs). Replies and errors are worded as
 //! Redis 7 words them. Requests may be pipelined.
@@ -150,7 +150,13 @@ impl Handler for Kv {
     type Conn = Client;
     type Message = ();
 
-    fn on_open(&mut self, _: &mut Context<'_, Client>, _: ConnId, _: &Addr, _: ListenerId) -> Client {
+    fn on_open(
+        &mut self,
+        _: &mut Context<'_, Client>,
+        _: ConnId,
+        _: &Addr,
+        _: ListenerId,
+    ) -> Client {
         Client::default()
     }
 
@@ -182,7 +188,8 @@ impl Handler for Kv {
                 Ok(Parsed::Request { len }) => {
                     used += len;
                     let args = self.parser.args(input);
-                    match commands::execute(&mut self.store, args, &mut self.replies) {
+                    let stats = || cx.stats();
+                    match commands::execute(&mut self.store, args, &mut self.replies, stats) {
                         After::Continue => {}
                         After::Close => {
                             self.flush(cx, id);
@@ -220,7 +227,13 @@ impl Handler for Kv {
         }
     }
 
-    fn on_close(&mut self, _: &mut Context<'_, Client>, id: ConnId, _: Client, reason: CloseReason) {
+    fn on_close(
+        &mut self,
+        _: &mut Context<'_, Client>,
+        id: ConnId,
+        _: Client,
+        reason: CloseReason,
+    ) {
         log::debug!("{id} closed: {reason}");
     }
 }

@@ -333,6 +333,11 @@ impl Store {
         }
     }
 
+    /// How many keys there are, counting expired ones not removed yet.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// How many keys have an expiry (some may have expired already).
     pub fn volatile_keys(&self) -> usize {
         self.volatile.len()
