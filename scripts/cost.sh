@@ -6,7 +6,8 @@
 #  1. user-space instructions per round trip: the server under
 #     `valgrind --tool=callgrind`, driven by echo_bench at CG_RATE round
 #     trips/s (100 connections, 64 B, depth 1) for CG_SHORT s and, in a
-#     fresh run, CG_LONG s; totals dumped with `callgrind_control -d`, then
+#     fresh run, CG_LONG s; totals dumped with `callgrind_control -d` once
+#     the server has closed every connection of the load, then
 #     (Ir long - Ir short) / (round trips long - short), so start-up and
 #     connection set-up cancel out. Round trips are the ones the bench
 #     reports as completed (and verified). With a C compiler, the same for
@@ -51,6 +52,7 @@ ST_WINDOW=${ST_WINDOW:-4}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/examples
+BENCH_EXE=$BIN/echo_bench
 SERVERS=(echo_reactor tokio_echo)
 WORK=$(mktemp -d /tmp/cost.XXXXXX)
 RESULTS=$WORK/results.tsv # server <tab> metric <tab> value, one per measurement
@@ -62,139 +64,6 @@ source "$ROOT/scripts/lib.sh"
 # The executable of server NAME: an example, or the C floor built here.
 server_exe() {
     if [[ $1 == c_echo ]]; then echo "$WORK/c_echo"; else echo "$BIN/$1"; fi
-}
-
-# Runs echo_bench on CPU 1 in the foreground with a deadline; output to OUT.
-# A failed run (mismatch, error, unanswered, timeout) is recorded.
-bench() {
-    local out=$1 rc=0
-    shift
-    timeout -k 5 "$BENCH_DEADLINE" taskset -c 1 "$BIN/echo_bench" "$@" \
-        --addr "$SERVER_ADDR" --json >"$out" 2>"$out.err" || rc=$?
-    check_bench "$out" "$rc" "$*"
-}
-
-check_bench() {
-    local out=$1 rc=$2 what=$3
-    if [[ $rc != 0 ]]; then
-        echo "FAILED (exit $rc): echo_bench $what: $(tr '\n' ' ' <"$out.err")" | tee -a "$FAILURES"
-    fi
-}
-
-# The value of KEY in the JSON line of FILE.
-jfield() { sed -n 's/^{.*"'"$2"'":\([^,}]*\).*/\1/p' "$1"; }
-
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
-
-# --- 1. instructions per round trip ---------------------------------------------
-
-# Runs NAME under callgrind with SECS of load; sets CG_IR and CG_RT.
-callgrind_run() {
-    local name=$1 secs=$2 prefix=$WORK/cg-$1-$2 dump i
-    start_server "$(server_exe "$name")" "$prefix" valgrind --tool=callgrind --callgrind-out-file="$prefix.cg.%p"
-    bench "$prefix.bench" pingpong --conns 100 --size 64 --depth 1 --rate "$CG_RATE" --duration "$secs"
-    # A signal may not end the server under valgrind: ask for a dump, wait
-    # until it is complete (its totals line is written last), then kill.
-    timeout 60 callgrind_control -d "$SERVER_PID" >"$prefix.control" 2>&1 || true
-    dump=
-    for ((i = 0; i < 600; i++)); do
-        dump=$(grep -l '^totals:' "$prefix.cg.$SERVER_PID".* 2>/dev/null | head -n1 || true)
-        [[ -n $dump ]] && break
-        sleep 0.05
-    done
-    stop_pid "$SERVER_PID" KILL
-    [[ -n $dump ]] || die "no callgrind dump for $name: $(cat "$prefix.control")"
-    CG_IR=$(awk '/^totals:/ { print $2 }' "$dump")
-    CG_RT=$(jfield "$prefix.bench" round_trips)
-    [[ -n $CG_IR && -n $CG_RT ]] || die "no totals or round trips for $name under callgrind"
-}
-
-measure_instructions() {
-    local name=$1 ir0 rt0
-    callgrind_run "$name" "$CG_SHORT"
-    ir0=$CG_IR rt0=$CG_RT
-    callgrind_run "$name" "$CG_LONG"
-    echo "  $name: Ir $ir0 for $rt0 round trips (${CG_SHORT}s), $CG_IR for $CG_RT (${CG_LONG}s)"
-    record "$name" instructions "$(awk -v a="$ir0" -v b="$rt0" -v c="$CG_IR" -v d="$CG_RT" \
-        'BEGIN { if (d > b) printf "%.1f", (c - a) / (d - b); else print "nan" }')"
-}
-
-# --- 2. syscalls per round trip ----------------------------------------------------
-
-measure_syscalls() {
-    local name=$1 prefix=$WORK/st-$1 bench_pid strace_pid i marks
-    start_server "$(server_exe "$name")" "$prefix"
-    taskset -c 1 "$BIN/echo_bench" pingpong --addr "$SERVER_ADDR" --conns 100 --size 64 --depth 1 \
-        --rate "$ST_RATE" --duration "$((ST_WARMUP + ST_WINDOW + 3))" --json \
-        >"$prefix.bench" 2>"$prefix.bench.err" &
-    bench_pid=$!
-    PIDS+=("$bench_pid")
-    wait_for '^started ' "$prefix.bench" 60 || die "echo_bench did not start: $(cat "$prefix.bench.err")"
-    sleep "$ST_WARMUP"
-    taskset -c 0 strace -f -c -p "$SERVER_PID" -o "$prefix.strace" 2>"$prefix.strace.err" &
-    strace_pid=$!
-    PIDS+=("$strace_pid")
-    # strace says "Process N attached" once it traces the server.
-    wait_for attached "$prefix.strace.err" 10 || die "strace did not attach: $(cat "$prefix.strace.err")"
-    kill -USR1 "$bench_pid"
-    sleep "$ST_WINDOW"
-    kill -USR1 "$bench_pid"
-    kill -INT "$strace_pid"
-    wait_exit "$strace_pid" 10
-    for ((i = 0; i < 2000; i++)); do
-        (($(grep -c '^mark ' "$prefix.bench") >= 2)) && break
-        nap
-    done
-    wait_exit "$bench_pid" "$BENCH_DEADLINE"
-    check_bench "$prefix.bench" "$STOPPED_RC" "pingpong under strace ($name)"
-    stop_pid "$SERVER_PID"
-    marks=$(awk '/^mark / { n[++k] = $3 } END { if (k >= 2) print n[2] - n[1]; else print 0 }' "$prefix.bench")
-    ((marks > 0)) || die "no round trips counted in the strace window of $name"
-    echo "  $name: $marks round trips in the ${ST_WINDOW}s window; $(awk '$1 ~ /^[0-9.]+$/ && $NF != "total" { printf "%s=%s ", $NF, $4 }' "$prefix.strace")"
-    awk -v name="$name" -v rt="$marks" '
-        $1 ~ /^[0-9.]+$/ && $NF != "total" { calls[$NF] = $4; all += $4; names = names $NF " " }
-        END {
-            r = calls["read"] + calls["recvfrom"] + calls["recvmsg"] + calls["readv"]
-            w = calls["write"] + calls["sendto"] + calls["sendmsg"] + calls["writev"]
-            e = calls["epoll_wait"] + calls["epoll_pwait"] + calls["epoll_pwait2"]
-            printf "%s\tsys_read\t%.3f\n%s\tsys_write\t%.3f\n", name, r / rt, name, w / rt
-            printf "%s\tsys_epoll_wait\t%.3f\n%s\tsys_epoll_ctl\t%.3f\n", name, e / rt, name, calls["epoll_ctl"] / rt
-            printf "%s\tsys_total\t%.3f\n%s\tsys_names\t%s\n", name, all / rt, name, names
-        }' "$prefix.strace" >>"$RESULTS"
-}
-
-# --- 3. idle memory ------------------------------------------------------------
-
-fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
-
-measure_idle() {
-    local name=$1 prefix=$WORK/idle-$1 rss0 rss1 fd0 fds i idle_pid hold
-    start_server "$(server_exe "$name")" "$prefix"
-    sleep 0.2
-    rss0=$(vmrss_kib "$SERVER_PID")
-    fd0=$(fd_count "$SERVER_PID")
-    hold=$((IDLE_CONNS / 100 + 60))
-    taskset -c 1 "$BIN/echo_bench" idle --addr "$SERVER_ADDR" --conns "$IDLE_CONNS" --hold "$hold" --json \
-        >"$prefix.bench" 2>"$prefix.bench.err" &
-    idle_pid=$!
-    PIDS+=("$idle_pid")
-    wait_for "^connected $IDLE_CONNS\$" "$prefix.bench" "$hold" \
-        || die "idle clients did not connect to $name: $(cat "$prefix.bench" "$prefix.bench.err")"
-    # A client sees its connection before the server has accepted it: wait
-    # until the server holds every descriptor.
-    for ((i = 0; i < 600; i++)); do
-        fds=$(fd_count "$SERVER_PID")
-        ((fds >= fd0 + IDLE_CONNS)) && break
-        sleep 0.05
-    done
-    ((fds >= fd0 + IDLE_CONNS)) || die "$name holds $((fds - fd0)) of $IDLE_CONNS connections"
-    sleep 1
-    rss1=$(vmrss_kib "$SERVER_PID")
-    stop_pid "$idle_pid"
-    check_bench "$prefix.bench" "$STOPPED_RC" "idle ($name)"
-    stop_pid "$SERVER_PID"
-    echo "  $name: VmRSS $rss0 KiB at start, $rss1 KiB with $IDLE_CONNS idle connections"
-    record "$name" idle_kib "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (b - a) / n }')"
 }
 
 # --- 4. throughput ---------------------------------------------------------------
@@ -234,38 +103,8 @@ measure_throughput() {
 
 # --- the table -----------------------------------------------------------------
 
-# "MEDIAN MIN MAX" of the recorded values of METRIC for SERVER ("n/a" if
-# none).
-median() {
-    awk -F'\t' -v s="$1" -v m="$2" '$1 == s && $2 == m && $3 != "" { print $3 }' "$RESULTS" | sort -g |
-        awk '{ v[NR] = $1 } END {
-            if (NR == 0) { print "n/a"; exit }
-            m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            print m, v[1], v[NR] }'
-}
-
-# One table row: the medians, with the range of the runs when there were
-# several, and the ratio of the medians.
-row() {
-    local label=$1 metric=$2 a b
-    a=$(median echo_reactor "$metric")
-    b=$(median tokio_echo "$metric")
-    awk -v l="$label" -v a="$a" -v b="$b" '
-        function num(x) { return x ~ /^-?[0-9.]+(e[-+]?[0-9]+)?$/ }
-        function fmt(x) {
-            if (!num(x)) return x
-            return x >= 1000 ? sprintf("%.0f", x) : x >= 10 ? sprintf("%.1f", x) : sprintf("%.3f", x)
-        }
-        function cell(s, v) {
-            split(s, v, " ")
-            return v[2] == v[3] ? fmt(v[1]) : fmt(v[1]) " (" fmt(v[2]) "–" fmt(v[3]) ")"
-        }
-        BEGIN {
-            split(a, x, " "); split(b, y, " ")
-            r = (num(x[1]) && num(y[1]) && y[1] != 0) ? sprintf("%.3g", x[1] / y[1]) : "n/a"
-            printf "| %s | %s | %s | %s |\n", l, cell(a), cell(b), r
-        }'
-}
+# One table row: echo_reactor against tokio_echo (see row_ab in lib.sh).
+row() { row_ab echo_reactor tokio_echo "$@"; }
 
 print_table() {
     echo "| metric (median of runs, range in brackets) | echo_reactor | tokio_echo | reactor/tokio |"
