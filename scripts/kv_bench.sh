@@ -8,9 +8,11 @@
 # against `kv` (built here with `cargo build --release --example kv`) and
 # against `redis-server --save '' --appendonly no` (no persistence, as kv
 # has none), each on a free loopback port and pinned to CPU 0
-# (`taskset -c 0`), redis-benchmark pinned to CPU 1. RUNS interleaved runs
-# (kv, redis, kv, redis, ...; a fresh server each run), the median of the
-# runs in each cell, with the range of the runs in brackets.
+# (`taskset -c 0`), redis-benchmark pinned to CPU 1. RUNS runs, each with
+# a fresh pair of servers; within a run each test is run against kv, then
+# redis, test by test (so the two figures of a row are taken seconds
+# apart, under the same load). The median of the runs in each cell, with
+# the range of the runs in brackets.
 #
 # redis-server and redis-benchmark come from Debian's redis-server and
 # redis-tools; they are installed with apt-get when missing (root needed
@@ -25,6 +27,8 @@
 # usage: scripts/kv_bench.sh
 # knobs (environment): RUNS (3) REQUESTS (200000) CLIENTS (50) TESTS
 #   (ping,set,get,incr,mset) PIPELINES ("1 16") RUN_DEADLINE (120)
+#   NICE (unset; e.g. -10 runs both servers and the benchmark at that
+#   niceness, root only, so that builds sharing the machine disturb less)
 #   CARGO_TARGET_DIR (default: target) KEEP=DIR keeps raw outputs there
 set -euo pipefail
 
@@ -34,6 +38,10 @@ CLIENTS=${CLIENTS:-50}
 TESTS=${TESTS:-ping,set,get,incr,mset}
 PIPELINES=${PIPELINES:-"1 16"}
 RUN_DEADLINE=${RUN_DEADLINE:-120}
+PRIORITY=()
+if [[ -n ${NICE:-} ]]; then
+    PRIORITY=(nice -n "$NICE")
+fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -64,16 +72,18 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Starts SERVER (kv or redis) on CPU 0; sets SERVER_PID, HOST and PORT.
+declare -A ADDR SERVER_PIDS # per server: its address, its pid
+
+# Starts SERVER (kv or redis) on CPU 0; sets ADDR[SERVER] and SERVER_PIDS[SERVER].
 start() {
     local server=$1 prefix=$2 port
     case $server in
     kv)
-        start_server "$KV_EXE" "$prefix"
+        start_server "$KV_EXE" "$prefix" "${PRIORITY[@]}"
         ;;
     redis)
         port=$(free_port)
-        taskset -c 0 redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        taskset -c 0 "${PRIORITY[@]}" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
             --dir "$WORK" --logfile '' --daemonize no >"$prefix.out" 2>"$prefix.err" &
         SERVER_PID=$!
         PIDS+=("$SERVER_PID")
@@ -82,18 +92,19 @@ start() {
         SERVER_ADDR=127.0.0.1:$port
         ;;
     esac
-    HOST=${SERVER_ADDR%:*}
-    PORT=${SERVER_ADDR##*:}
+    ADDR[$server]=$SERVER_ADDR
+    SERVER_PIDS[$server]=$SERVER_PID
 }
 
-# One redis-benchmark run against the server started last, on CPU 1,
-# pipelining P; records each test's requests/s.
+# One redis-benchmark run of TEST (a -t word) against SERVER, on CPU 1,
+# pipelining P; records the requests/s of each test it reports.
 bench_run() {
-    local server=$1 p=$2 out=$3 rc=0
-    timeout -k 5 "$RUN_DEADLINE" taskset -c 1 redis-benchmark -h "$HOST" -p "$PORT" \
-        -t "$TESTS" -n "$REQUESTS" -c "$CLIENTS" -P "$p" --csv >"$out" 2>"$out.err" || rc=$?
-    if [[ $rc != 0 ]] || ! grep -q '^"SET"' "$out"; then
-        echo "FAILED (exit $rc): $server -P $p: $(tr '\n' ' ' <"$out.err" | head -c 300)" |
+    local server=$1 test=$2 p=$3 out=$4 rc=0 addr=${ADDR[$1]}
+    timeout -k 5 "$RUN_DEADLINE" taskset -c 1 "${PRIORITY[@]}" redis-benchmark \
+        -h "${addr%:*}" -p "${addr##*:}" -t "$test" -n "$REQUESTS" -c "$CLIENTS" -P "$p" --csv \
+        >"$out" 2>"$out.err" || rc=$?
+    if [[ $rc != 0 ]] || [[ $(wc -l <"$out") -lt 2 ]]; then
+        echo "FAILED (exit $rc): $server $test -P $p: $(tr '\n' ' ' <"$out.err" | head -c 300)" |
             tee -a "$FAILURES"
         return 0
     fi
@@ -102,16 +113,21 @@ bench_run() {
         printf "%s\t%s -P %s\t%s\n", s, $2, p, $4 }' "$out" >>"$RESULTS"
 }
 
+IFS=, read -ra TEST_LIST <<<"$TESTS"
 echo "load before: $(uptime)"
 for ((run = 1; run <= RUNS; run++)); do
-    for server in kv redis; do
-        start "$server" "$WORK/$server.$run"
-        for p in $PIPELINES; do
-            echo "run $run/$RUNS: $server -P $p"
-            bench_run "$server" "$p" "$WORK/$server.$run.P$p.csv"
+    start kv "$WORK/kv.$run"
+    start redis "$WORK/redis.$run"
+    for p in $PIPELINES; do
+        echo "run $run/$RUNS: -P $p: ${TEST_LIST[*]}, each against kv then redis"
+        for test in "${TEST_LIST[@]}"; do
+            for server in kv redis; do
+                bench_run "$server" "$test" "$p" "$WORK/$server.$run.$test.P$p.csv"
+            done
         done
-        stop_pid "$SERVER_PID"
     done
+    stop_pid "${SERVER_PIDS[kv]}"
+    stop_pid "${SERVER_PIDS[redis]}"
 done
 echo "load after: $(uptime)"
 
@@ -119,7 +135,8 @@ echo
 echo "kv against redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), $(date -u +%F)," \
     "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown):" \
     "redis-benchmark -t $TESTS -n $REQUESTS -c $CLIENTS -P {$PIPELINES} --csv," \
-    "servers on CPU 0, redis-benchmark on CPU 1, median of $RUNS interleaved runs (range):"
+    "servers on CPU 0, redis-benchmark on CPU 1${NICE:+, all at nice $NICE}," \
+    "median of $RUNS runs (range), kv and redis alternating test by test:"
 echo
 echo "| test | kv requests/s | redis-server requests/s | kv/redis |"
 echo "| --- | ---: | ---: | ---: |"

@@ -125,7 +125,11 @@ impl Volatile {
         }
     }
 
+    /// Frees `slot` ([`NO_SLOT`]: nothing to do).
     fn remove(&mut self, slot: usize) {
+        if slot == NO_SLOT {
+            return;
+        }
         if let Some(held) = self.slots.get_mut(slot) {
             if held.take().is_some() {
                 self.free.push(slot);
