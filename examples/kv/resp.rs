@@ -435,13 +435,7 @@ fn double_quoted(line: &[u8], mut i: usize, out: &mut Vec<u8>) -> Result<usize, 
                 });
                 i += 2;
             }
-            Some([b'"', rest @ ..]) => {
-                // The closing quote must end the word.
-                return match rest.first() {
-                    Some(&b) if !is_space(b) => Err(ProtocolError::UnbalancedQuotes),
-                    _ => Ok(i + 1),
-                };
-            }
+            Some([b'"', rest @ ..]) => return closing_quote(rest, i),
             Some([b, ..]) => {
                 out.push(*b);
                 i += 1;
@@ -459,17 +453,21 @@ fn single_quoted(line: &[u8], mut i: usize, out: &mut Vec<u8>) -> Result<usize, 
                 out.push(b'\'');
                 i += 2;
             }
-            Some([b'\'', rest @ ..]) => {
-                return match rest.first() {
-                    Some(&b) if !is_space(b) => Err(ProtocolError::UnbalancedQuotes),
-                    _ => Ok(i + 1),
-                };
-            }
+            Some([b'\'', rest @ ..]) => return closing_quote(rest, i),
             Some([b, ..]) => {
                 out.push(*b);
                 i += 1;
             }
         }
+    }
+}
+
+/// A closing quote at `at`, `rest` after it: it must end the word (a
+/// space or the end of the line follows). Returns the offset after it.
+fn closing_quote(rest: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    match rest.first() {
+        Some(&b) if !is_space(b) => Err(ProtocolError::UnbalancedQuotes),
+        _ => Ok(at + 1),
     }
 }
 
