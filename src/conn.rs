@@ -153,7 +153,7 @@ pub(crate) mod flag {
     /// The lifecycle is not `Open`. Kept by `Conn::set_lifecycle`, the one
     /// place the lifecycle changes, so that the hot paths (`at_rest`,
     /// `send`) test one word rather than the word and the lifecycle.
-    pub(crate) const NOT_OPEN: u16 = 1 << 12;
+    pub(crate) const NOT_OPEN: u16 = 1 << 13;
 
     /// Any of these stops reads (and so do the lifecycles `Connecting` and
     /// `Dead`).
@@ -161,6 +161,37 @@ pub(crate) mod flag {
     /// Any of these refuses new output. A graceful close sets `FIN_PENDING`,
     /// so this covers `Closing` and `Lingering` too.
     pub(crate) const NO_WRITE: u16 = FIN_PENDING | FIN_SENT;
+
+    /// Every bit above, each once: two branches that each add a bit cannot
+    /// give two flags the same one unnoticed (the build fails).
+    const _DISTINCT: () = {
+        let all = [
+            READABLE,
+            READ_TO_END,
+            IN_READY_QUEUE,
+            REOFFER,
+            USER_PAUSED,
+            BACKPRESSURED,
+            READ_CLOSED,
+            FIN_PENDING,
+            FIN_SENT,
+            PEER_CLOSED_FIRST,
+            STOP_CLOSED,
+            IN_STOP_REPORT,
+            DRAIN_OWED,
+            NOT_OPEN,
+        ];
+        let mut seen = 0u16;
+        let mut i = 0;
+        while i < all.len() {
+            assert!(
+                all[i].count_ones() == 1 && seen & all[i] == 0,
+                "flag bits overlap"
+            );
+            seen |= all[i];
+            i += 1;
+        }
+    };
 }
 
 /// Flags of every `send`: `MSG_NOSIGNAL` where it exists. Elsewhere
