@@ -18,15 +18,15 @@
 //! server's memory. SIGINT or SIGTERM stops it; on stop it logs one line of
 //! counters on stderr.
 
+#[path = "common/logger.rs"]
+mod logger;
 #[path = "common/serve.rs"]
 mod serve;
-#[path = "common/stderr_logger.rs"]
-mod stderr_logger;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use stderr_logger::StderrLogger;
+use logger::StderrLogger;
 use tcp_reactor::framing::Lines;
 use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Handler, ListenerId, Reactor};
 

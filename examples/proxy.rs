@@ -23,12 +23,12 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+#[path = "common/logger.rs"]
+mod logger;
 #[path = "common/serve.rs"]
 mod serve;
-#[path = "common/stderr_logger.rs"]
-mod stderr_logger;
 
-use stderr_logger::StderrLogger;
+use logger::StderrLogger;
 use tcp_reactor::{Addr, CloseReason, Config, ConnId, Context, Handler, ListenerId, Reactor};
 
 const USAGE: &str = "\

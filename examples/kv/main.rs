@@ -37,6 +37,8 @@
 //! gracefully (replies owed are flushed); there is no persistence.
 
 mod commands;
+#[path = "../common/logger.rs"]
+mod logger;
 mod reply;
 mod resp;
 mod store;
@@ -268,7 +270,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    StderrLogger::install();
+    logger::StderrLogger::install("kv");
     match serve(addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -312,34 +314,4 @@ fn serve(addr: SocketAddr) -> Result<(), String> {
         stats.bytes_out
     );
     Ok(())
-}
-
-/// `kv LEVEL message` on stderr, level from `RUST_LOG` (error, warn,
-/// info, debug, trace; default info).
-struct StderrLogger;
-
-impl StderrLogger {
-    fn install() {
-        let level = std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(log::LevelFilter::Info);
-        if log::set_logger(&StderrLogger).is_ok() {
-            log::set_max_level(level);
-        }
-    }
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("kv {:5} {}", record.level(), record.args());
-        }
-    }
-
-    fn flush(&self) {}
 }
