@@ -142,10 +142,11 @@ pub(crate) mod flag {
     pub(crate) const STOP_CLOSED: u16 = 1 << 10;
     /// Open when a stop began: how it ends counts in the stop report.
     pub(crate) const IN_STOP_REPORT: u16 = 1 << 11;
-    /// Queued output reached the high water mark on a connection whose
-    /// reading does not stop for it (`Config::output_pauses_reading` off):
-    /// `on_drain` is owed when a flush brings it down to the low water
-    /// mark, as after `BACKPRESSURED`, but reading goes on meanwhile.
+    /// `on_drain` is owed when a flush brings the queued output down to
+    /// the low water mark, as after `BACKPRESSURED`, but reading goes on
+    /// meanwhile: the output reached the high water mark on a connection
+    /// whose reading does not stop for it (`Config::output_pauses_reading`
+    /// off), or the handler saw `Context::output_backed_up` say `true`.
     pub(crate) const DRAIN_OWED: u16 = 1 << 12;
 
     // The lifecycle, mirrored.

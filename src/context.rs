@@ -99,8 +99,13 @@ impl<'a, S> Context<'a, S> {
     /// consuming input while this is true; the rest is offered again once
     /// it is false, without new bytes from the peer (see the crate docs,
     /// *Output flow*).
-    pub fn output_backed_up(&self, id: ConnId) -> bool {
-        self.pending_output(id) > self.engine.config.write_low_water
+    ///
+    /// When it answers `true`, [`Handler::on_drain`](crate::Handler::on_drain)
+    /// is owed: it runs once the output falls to the low water mark, so a
+    /// handler that stopped producing here (from input, a timer, a source
+    /// or a message) is always told when to go on.
+    pub fn output_backed_up(&mut self, id: ConnId) -> bool {
+        self.engine.table.output_backed_up(id)
     }
 
     /// The peer's address, asked of the kernel (`getpeername`).

@@ -75,7 +75,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn full(&self, cx: &Context<'_, u64>, id: ConnId) -> bool {
+    fn full(&self, cx: &mut Context<'_, u64>, id: ConnId) -> bool {
         match self.threshold {
             Threshold::Pending(limit) => cx.pending_output(id) >= limit,
             Threshold::BackedUp => cx.output_backed_up(id),

@@ -136,6 +136,20 @@ impl ConnTable {
         Ok(())
     }
 
+    /// More than the low water mark is queued for `id`; if so, `on_drain`
+    /// is owed (`DRAIN_OWED`) for when a flush brings it down to that mark.
+    pub(crate) fn output_backed_up(&mut self, id: ConnId) -> bool {
+        let low_water = self.limits.low_water;
+        let Some(conn) = self.get_mut(id) else {
+            return false;
+        };
+        let backed_up = conn.queued_output() > low_water;
+        if backed_up {
+            conn.flags |= flag::DRAIN_OWED;
+        }
+        backed_up
+    }
+
     /// Writes queued output until it is gone or the kernel is full. Returns
     /// whether backpressure just lifted (the caller runs `on_drain` and
     /// reads again).
