@@ -41,9 +41,10 @@ mod commands;
 mod logger;
 mod reply;
 mod resp;
+#[path = "../common/serve.rs"]
+mod serve;
 mod store;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -294,18 +295,7 @@ fn serve(addr: SocketAddr) -> Result<(), String> {
         sweep: None,
     };
     let mut reactor = Reactor::new(config, kv).map_err(|e| e.to_string())?;
-    let mut cx = reactor.context();
-    let listener = cx.listen(addr).map_err(|e| e.to_string())?;
-    let bound = cx
-        .listener_addr(listener)
-        .ok_or("the listener's address is unknown")?;
-    reactor.stop_on_signals().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {bound}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing to stdout: {e}"))?;
-    drop(stdout);
-    let report = reactor.run().map_err(|e| e.to_string())?;
+    let report = serve::listen_and_run(&mut reactor, addr)?;
     let stats = reactor.stats();
     log::info!(
         "stopped: {} accepted, {} bytes in, {} bytes out; drain: {report}",
