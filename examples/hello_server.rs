@@ -23,6 +23,8 @@
 mod addr_flag;
 #[path = "common/logger.rs"]
 mod logger;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -130,16 +132,10 @@ impl Handler for Hello {
 }
 
 fn main() -> ExitCode {
-    let addr = match addr_flag::addr_only(std::env::args().skip(1), DEFAULT_ADDR) {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("hello_server: {message}");
-            return ExitCode::from(2);
-        }
+    let parsed = addr_flag::addr_only(std::env::args().skip(1), DEFAULT_ADDR);
+    let addr = match serve::args_or_exit("hello_server", USAGE, parsed) {
+        Ok(addr) => addr,
+        Err(code) => return code,
     };
     logger::StderrLogger::install("hello_server");
     // Many clients at once need descriptors: raise the soft open-file limit
@@ -159,18 +155,7 @@ fn main() -> ExitCode {
 fn serve(addr: SocketAddr) -> Result<(), String> {
     let config = Config::default().idle_timeout(Some(IDLE_TIMEOUT));
     let mut reactor = Reactor::new(config, Hello).map_err(|e| e.to_string())?;
-    let mut cx = reactor.context();
-    let listener = cx.listen(addr).map_err(|e| e.to_string())?;
-    let bound = cx
-        .listener_addr(listener)
-        .ok_or_else(|| format!("{addr}: the listener's address is unknown"))?;
-    reactor.stop_on_signals().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {bound}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing to stdout: {e}"))?;
-    drop(stdout);
-    let report = reactor.run().map_err(|e| e.to_string())?;
+    let report = serve::listen_and_run(&mut reactor, addr)?;
     let stats = reactor.stats();
     log::info!(
         "stopped: {} clients served, {} reset; drain: {report}",

@@ -1,4 +1,4 @@
-//! What the one-listener examples (`proxy`, `chat`, `kv`) share around their
+//! What the one-listener examples (`proxy`, `chat`, `kv`, `hello_server`) share around their
 //! handler, included with `#[path = "common/serve.rs"] mod serve;`: the
 //! command line's three outcomes, and listening, announcing and running.
 #![allow(dead_code)] // each example uses a part

@@ -36,6 +36,8 @@
 //! `kv` with no such key never wakes up. SIGINT or SIGTERM stops it
 //! gracefully (replies owed are flushed); there is no persistence.
 
+#[path = "../common/addr_flag.rs"]
+mod addr_flag;
 mod commands;
 #[path = "../common/logger.rs"]
 mod logger;
@@ -241,35 +243,11 @@ impl Handler for Kv {
     }
 }
 
-/// `Ok(None)` for `--help`.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<SocketAddr>, String> {
-    let mut addr = DEFAULT_ADDR;
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--addr" => {
-                let text = args.next().ok_or("--addr needs a value")?;
-                addr = text.parse().map_err(|_| {
-                    format!("--addr: '{text}' is not HOST:PORT (e.g. 127.0.0.1:6380 or [::1]:0)")
-                })?;
-            }
-            other => return Err(format!("unknown argument '{other}' (try --help)")),
-        }
-    }
-    Ok(Some(addr))
-}
-
 fn main() -> ExitCode {
-    let addr = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("kv: {message}");
-            return ExitCode::from(2);
-        }
+    let parsed = addr_flag::addr_only(std::env::args().skip(1), DEFAULT_ADDR);
+    let addr = match serve::args_or_exit("kv", USAGE, parsed) {
+        Ok(addr) => addr,
+        Err(code) => return code,
     };
     logger::StderrLogger::install("kv");
     match serve(addr) {
